@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from llmaccel import attention
 from llmaccel.kv import new_cache
 from llmaccel.linear import pack_linears
 
@@ -224,6 +225,7 @@ def _max_context(config) -> int:
 def wrap(model, tokenizer, name: str = "model", pack: bool = True) -> LoadedModel:
     """Wrap an already-built transformers causal LM (tests build tiny random ones)."""
     model.eval()
+    model.set_attn_implementation(attention.register())
     if pack:
         pack_linears(model)
     return LoadedModel(
@@ -257,3 +259,10 @@ def load_reference_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu")
     folder = resolve(name_or_path)
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
     return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """Only the tokenizer (step counting needs no weights)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve(name_or_path)))

@@ -1,0 +1,56 @@
+"""Benchmark rows: the LLMA evaluation files (RAG, CNN/DM) turned into prompts and references."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A benchmark file that cannot be read."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    id: int
+    user_message: str  # what goes into the chat template as the one user turn
+    references: tuple[str, ...]
+    target: str  # the paper's reference output (result.text), for forced step counting
+
+
+def user_message(query: str, docs: list[str]) -> str:
+    """The query alone when its single doc is already inside it (cnndm); else numbered docs + question."""
+    if len(docs) == 1 and docs[0] in query:
+        return query
+    lines = [f"[{i}] {d}" for i, d in enumerate(docs, 1)]
+    return "\n".join(lines) + "\n\nQuestion: " + query
+
+
+def clean_target(text: str) -> str:
+    # cnndm targets start with a stray "1####" that is not part of the summary (data README)
+    return text.split("####", 1)[1] if text.startswith("1####") else text
+
+
+def load_rows(path: str | Path, limit: int | None = None) -> list[Sample]:
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    samples = []
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            docs = [str(d) for d in row.get("docs", [])]
+            target = clean_target(str((row.get("result") or {}).get("text", "")))
+            samples.append(Sample(len(samples), user_message(str(row["query"]), docs), tuple(docs), target))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise DataError(f"{path}:{n + 1}: not an LLMA row ({exc})") from exc
+        if limit is not None and len(samples) >= limit:
+            break
+    if not samples:
+        raise DataError(f"{path} has no rows")
+    return samples

@@ -1,0 +1,195 @@
+"""`llmaccel bench`: every method on every sample, interleaved, with outputs checked against hf-greedy.
+
+hf-greedy and hf-pld run through transformers' own `generate` on an unmodified copy of the model;
+greedy and reference run through llmaccel's engine. A forward hook (a public torch API) counts the
+forward passes of `generate` and marks when prefill ends, so all methods report the same fields.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from llmaccel.bench.data import Sample
+from llmaccel.drafting.reference import ReferenceOptions
+from llmaccel.engine import Decoder
+
+log = logging.getLogger(__name__)
+
+HF_METHODS = {"hf-greedy": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
+ENGINE_METHODS = ("greedy", "reference")
+ALL_METHODS = (*HF_METHODS, *ENGINE_METHODS)
+
+
+@dataclass
+class Run:
+    token_ids: list[int]
+    steps: int
+    prefill_s: float
+    decode_s: float
+
+    @property
+    def total_s(self) -> float:
+        return self.prefill_s + self.decode_s
+
+    def as_json(self) -> dict:
+        return {
+            "token_ids": self.token_ids,
+            "steps": self.steps,
+            "prefill_s": self.prefill_s,
+            "decode_s": self.decode_s,
+            "total_s": self.total_s,
+        }
+
+
+class ForwardClock:
+    """Counts forward calls of a model and records when the first one (prefill) returned."""
+
+    def __init__(self, model) -> None:
+        self.calls = 0
+        self.first_end: float | None = None
+        self._handle = model.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output) -> None:
+        self.calls += 1
+        if self.first_end is None:
+            self.first_end = time.perf_counter()
+
+    def close(self) -> None:
+        self._handle.remove()
+
+
+@torch.inference_mode()
+def run_hf(model, prompt_ids: list[int], max_new_tokens: int, method: str, eos_ids) -> Run:
+    ids = torch.tensor([prompt_ids])
+    clock = ForwardClock(model)
+    t0 = time.perf_counter()
+    try:
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=list(eos_ids),
+            pad_token_id=eos_ids[0] if eos_ids else None,
+            **HF_METHODS[method],
+        )
+    finally:
+        clock.close()
+    t1 = time.perf_counter()
+    first = clock.first_end or t1
+    return Run(out[0, len(prompt_ids) :].tolist(), clock.calls, first - t0, t1 - first)
+
+
+def run_engine(lm, prompt_ids, references, max_new_tokens: int, method: str, options: ReferenceOptions) -> Run:
+    r = Decoder(
+        lm, prompt_ids, method=method, references=references, max_new_tokens=max_new_tokens, options=options
+    ).run()
+    return Run(r.token_ids, r.steps, r.prefill_s, r.decode_s)
+
+
+def summarise(samples: list[dict], methods: list[str]) -> dict:
+    summary = {}
+    for m in methods:
+        runs = [s["methods"][m] for s in samples]
+        tokens = sum(len(r["token_ids"]) for r in runs)
+        decode = sum(r["decode_s"] for r in runs)
+        match = [r["token_ids"] == s["methods"]["hf-greedy"]["token_ids"] for s, r in zip(samples, runs)
+                 if "hf-greedy" in s["methods"]]
+        summary[m] = {
+            "decode_tokens_per_s": tokens / decode if decode > 0 else 0.0,
+            "total_s": sum(r["total_s"] for r in runs),
+            "steps": sum(r["steps"] for r in runs),
+            "tokens": tokens,
+            "match_rate_vs_hf_greedy": (sum(match) / len(match)) if match else float("nan"),
+            "median_decode_tokens_per_s": statistics.median(
+                len(r["token_ids"]) / r["decode_s"] for r in runs if r["decode_s"] > 0
+            ) if any(r["decode_s"] > 0 for r in runs) else 0.0,
+        }
+    return summary
+
+
+def bench(
+    model_name: str,
+    samples: list[Sample],
+    methods: list[str],
+    max_new_tokens: int,
+    options: ReferenceOptions = ReferenceOptions(),
+    progress: bool = True,
+) -> dict:
+    """Run `methods` on `samples`; returns the OUT.json document of the bench contract."""
+    from tqdm import tqdm
+
+    from llmaccel import models
+
+    lm = models.load(model_name)
+    hf_model = None
+    if any(m in HF_METHODS for m in methods):
+        hf_model, _ = models.load_reference_model(model_name)
+    rows = []
+    bar = tqdm(total=len(samples) * len(methods), disable=not progress, desc="bench", unit="run")
+    for k, sample in enumerate(samples):
+        prompt = lm.chat_prompt(sample.user_message)
+        refs = [lm.tokenizer.encode(d, add_special_tokens=False) for d in sample.references]
+        order = methods[k % len(methods) :] + methods[: k % len(methods)]  # rotate: drift hits all alike
+        results = {}
+        for m in order:
+            if m in HF_METHODS:
+                run = run_hf(hf_model, prompt, max_new_tokens, m, lm.eos_token_ids)
+            else:
+                run = run_engine(lm, prompt, refs, max_new_tokens, m, options)
+            results[m] = run.as_json()
+            bar.update(1)
+        rows.append({"id": sample.id, "prompt_tokens": len(prompt), "methods": {m: results[m] for m in methods}})
+    bar.close()
+    return {"model": model_name, "samples": rows, "summary": summarise(rows, methods)}
+
+
+def table(doc: dict) -> str:
+    summary = doc["summary"]
+    base = summary.get("hf-greedy", {}).get("decode_tokens_per_s")
+    lines = ["| method | decode tok/s | vs hf-greedy | steps | tokens | total s | match hf-greedy |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for m, s in summary.items():
+        ratio = f"{s['decode_tokens_per_s'] / base:.2f}x" if base else "-"
+        lines.append(
+            f"| {m} | {s['decode_tokens_per_s']:.1f} | {ratio} | {s['steps']} | {s['tokens']} | "
+            f"{s['total_s']:.1f} | {s['match_rate_vs_hf_greedy']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_speedups(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = doc["summary"]
+    base = summary.get("hf-greedy", {}).get("decode_tokens_per_s") or next(iter(summary.values()))["decode_tokens_per_s"]
+    names = list(summary)
+    ratios = [summary[m]["decode_tokens_per_s"] / base for m in names]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.bar(names, ratios, color=["#999999" if m.startswith("hf") else "#2a7ab0" for m in names])
+    ax.axhline(1.0, color="black", lw=0.8)
+    for i, r in enumerate(ratios):
+        ax.text(i, r, f"{r:.2f}x", ha="center", va="bottom")
+    ax.set_ylabel("decode tokens/s vs hf-greedy")
+    ax.set_title(f"{doc['model']}, {len(doc['samples'])} samples")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write(doc: dict, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc))
+    png = out.with_suffix(".png")
+    plot_speedups(doc, png)
+    return png

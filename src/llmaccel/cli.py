@@ -1,0 +1,205 @@
+"""The `llmaccel` command: generate, steps, bench, demo. User errors print one line and exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from llmaccel.drafting.reference import ReferenceOptions
+from llmaccel.engine import METHODS
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    pass
+
+
+def _read(path: str, what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise UserError(f"cannot read {what} {path!r}: {reason}") from exc
+
+
+def _options(args) -> ReferenceOptions:
+    base = ReferenceOptions()
+    return ReferenceOptions(
+        match_len=args.match_len if args.match_len is not None else base.match_len,
+        copy_len=args.copy_len if args.copy_len is not None else base.copy_len,
+        adaptive=not getattr(args, "no_guard", False),
+    )
+
+
+def _add_model(p) -> None:
+    p.add_argument("--model", default="smollm2-135m", help="alias (smollm2-135m, gemma3-270m), model folder or .gguf")
+
+
+def _add_reference_options(p) -> None:
+    p.add_argument("--match-len", type=int, default=None, help="shortest suffix match that triggers a draft")
+    p.add_argument("--copy-len", type=int, default=None, help="most tokens copied per draft")
+
+
+def cmd_generate(args) -> int:
+    import llmaccel
+
+    if args.prompt_file:
+        prompt = _read(args.prompt_file, "prompt file")
+    elif args.prompt is not None:
+        prompt = args.prompt
+    elif not sys.stdin.isatty():
+        prompt = sys.stdin.read()
+    else:
+        raise UserError("give a prompt as an argument, with --prompt-file, or on standard input")
+    if not prompt.strip():
+        raise UserError("the prompt is empty")
+    if args.max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    refs = [_read(f, "reference file") for f in args.reference]
+    lm = llmaccel.load(args.model)
+    result = llmaccel.generate(
+        lm, prompt, references=refs, method=args.method, max_new_tokens=args.max_new_tokens,
+        stop=args.stop, chat=args.chat, options=_options(args),
+    )
+    if args.json:
+        print(json.dumps({
+            "model": args.model, "method": result.method, "token_ids": result.token_ids, "text": result.text,
+            "prompt_tokens": result.prompt_tokens, "steps": result.steps, "stop_reason": result.stop_reason,
+            "prefill_s": result.prefill_s, "decode_s": result.decode_s, "total_s": result.total_s,
+            "decode_tokens_per_s": result.decode_tokens_per_s, "drafted": result.drafted,
+            "accepted": result.accepted, "lookup_s": result.lookup_s,
+        }))
+    else:
+        print(result.text)
+        print(
+            f"[{result.method}: {len(result.token_ids)} tokens in {result.steps} steps, "
+            f"{result.decode_tokens_per_s:.1f} tok/s decode, prefill {result.prefill_s:.2f}s]",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def cmd_steps(args) -> int:
+    """Forced-decoding step counts (the paper's Algorithm 2) for targets in a data file or given directly."""
+    from llmaccel.bench import steps as steps_mod
+
+    if args.data:
+        print(steps_mod.step_table(args.model, [args.data], limit=args.limit))
+        return 0
+    if not args.target:
+        raise UserError("give --data FILE.jsonl, or --target FILE with --reference FILE ...")
+    from llmaccel import count_steps, models
+
+    target = _read(args.target, "target file")
+    refs = [_read(f, "reference file") for f in args.reference]
+    tok = models.load_tokenizer(args.model)
+    t = tok.encode(target, add_special_tokens=False)
+    r = [tok.encode(x, add_special_tokens=False) for x in refs]
+    n = count_steps(t, r, options=_options(args))
+    print(json.dumps({"target_tokens": len(t), "greedy_steps": len(t), "reference_steps": n,
+                      "step_ratio": len(t) / n if n else None}))
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from llmaccel.bench import data, run
+
+    if args.max_new_tokens <= 0:
+        raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    samples = data.load_rows(args.data, args.limit)
+    if args.sweep:
+        from llmaccel.bench import sweep
+
+        doc = sweep.sweep(args.model, samples, args.max_new_tokens)
+        out = Path(args.json or "runs/sweep.json")
+        png = sweep.write(doc, out)
+        print(sweep.table(doc))
+        print(f"wrote {out} and {png}", file=sys.stderr)
+        return 0
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in run.ALL_METHODS]
+    if unknown or not methods:
+        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(run.ALL_METHODS)}")
+    doc = run.bench(args.model, samples, methods, args.max_new_tokens, _options(args))
+    out = Path(args.json or "runs/bench.json")
+    png = run.write(doc, out)
+    print(run.table(doc))
+    print(f"wrote {out} and {png}", file=sys.stderr)
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from llmaccel.bench import demo
+
+    demo.main(args.model)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="llmaccel", description="Lossless LLM inference acceleration")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate text (greedy, accelerated without changing the output)")
+    g.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file, or standard input)")
+    g.add_argument("--prompt-file")
+    g.add_argument("--reference", action="append", default=[], metavar="FILE", help="a reference text (repeatable)")
+    g.add_argument("--chat", action="store_true", help="apply the model's chat template")
+    g.add_argument("--method", choices=METHODS, default="reference")
+    g.add_argument("--max-new-tokens", type=int, default=128)
+    g.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
+    g.add_argument("--json", action="store_true", help="print token ids, text, steps and timings as JSON")
+    g.add_argument("--no-guard", action="store_true", help="always draft in full (no cost/acceptance guard)")
+    _add_model(g)
+    _add_reference_options(g)
+    g.set_defaults(func=cmd_generate)
+
+    s = sub.add_parser("steps", help="decoding steps `reference` needs for a target (forced decoding)")
+    s.add_argument("--data", help="an LLMA .jsonl file: step table over its result.text targets")
+    s.add_argument("--limit", type=int)
+    s.add_argument("--target", help="a file with the target output")
+    s.add_argument("--reference", action="append", default=[], metavar="FILE")
+    _add_model(s)
+    _add_reference_options(s)
+    s.set_defaults(func=cmd_steps)
+
+    b = sub.add_parser("bench", help="benchmark methods on an LLMA .jsonl file")
+    b.add_argument("--data", required=True)
+    b.add_argument("--limit", type=int)
+    b.add_argument("--methods", default="hf-greedy,hf-pld,greedy,reference")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--json", help="OUT.json (a PNG plot is written beside it)")
+    b.add_argument("--sweep", action="store_true", help="sweep match_len x copy_len for `reference`")
+    _add_model(b)
+    _add_reference_options(b)
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="reference decoding vs greedy on a RAG example, with the speedup")
+    _add_model(d)
+    d.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    from llmaccel.bench.data import DataError
+    from llmaccel.engine import GenerationError
+    from llmaccel.models import ModelLoadError
+
+    try:
+        return args.func(args)
+    except (UserError, GenerationError, ModelLoadError, DataError) as exc:
+        print(f"llmaccel: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("llmaccel: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
