@@ -114,7 +114,7 @@ def cmd_bench(args) -> int:
     if args.sweep:
         from llmaccel.bench import sweep
 
-        doc = sweep.sweep(args.model, samples, args.max_new_tokens)
+        doc = sweep.sweep(args.model, samples, args.max_new_tokens, data_path=args.data)
         out = Path(args.json or "runs/sweep.json")
         png = sweep.write(doc, out)
         print(sweep.table(doc))

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,20 @@ def wrap(model, tokenizer, name: str = "model", pack: bool = True) -> LoadedMode
     )
 
 
+@contextmanager
+def _quiet_loading():
+    """Loading a converted model takes a second: no progress bar for it (the one-time conversion keeps one)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
+
+
 def load(name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool = True) -> LoadedModel:
     """Load a model by alias, folder or .gguf file, in fp32, ready for the engine.
 
@@ -247,8 +262,9 @@ def load(name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool =
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
     return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu")
 
 
@@ -257,8 +273,9 @@ def load_reference_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
-    return model, AutoTokenizer.from_pretrained(str(folder))
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+        return model, AutoTokenizer.from_pretrained(str(folder))
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):

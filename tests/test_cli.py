@@ -1,0 +1,92 @@
+"""The command line on a tiny model folder: outputs equal the oracle, user errors are one clear line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llmaccel.cli import main
+from oracle import oracle_greedy
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {f"t{i}": i for i in range(95)} | {"[UNK]": 95}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.3,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(d)
+    return d, model
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return code, out, err
+
+
+def test_generate_json_equals_oracle(model_dir, capsys, tmp_path):
+    d, model = model_dir
+    want = oracle_greedy(model, [1, 2, 3], 12)
+    ref = tmp_path / "ref.txt"
+    ref.write_text(" ".join(f"t{i}" for i in want[2:]))
+    for method in ("greedy", "reference"):
+        code, out, _ = run(capsys, "generate", "t1 t2 t3", "--model", d, "--max-new-tokens", 12,
+                           "--method", method, "--reference", ref, "--json")
+        assert code == 0
+        doc = json.loads(out)
+        assert doc["token_ids"] == want
+        assert doc["steps"] <= 12 and set(doc) >= {"text", "prefill_s", "decode_s", "total_s"}
+
+
+def test_prompt_from_file_and_stdin(model_dir, capsys, tmp_path, monkeypatch):
+    import io
+
+    d, model = model_dir
+    want = oracle_greedy(model, [4, 5], 6)
+    p = tmp_path / "prompt.txt"
+    p.write_text("t4 t5")
+    _, out, _ = run(capsys, "generate", "--prompt-file", p, "--model", d, "--max-new-tokens", 6, "--json")
+    assert json.loads(out)["token_ids"] == want
+    monkeypatch.setattr("sys.stdin", io.StringIO("t4 t5"))
+    _, out, _ = run(capsys, "generate", "--model", d, "--max-new-tokens", 6, "--json")
+    assert json.loads(out)["token_ids"] == want
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["generate", "   "], "empty"),
+        (["generate", "t1", "--max-new-tokens", "0"], "positive"),
+        (["generate", "t1", "--reference", "/nonexistent/ref.txt"], "cannot read reference file"),
+        (["generate", "--prompt-file", "/nonexistent/p.txt"], "cannot read prompt file"),
+        (["generate", " ".join(["t1"] * 80)], "context"),
+        (["bench", "--data", "/nonexistent.jsonl"], "cannot read"),
+        (["bench", "--data", "DATA", "--methods", "greedy,warp"], "unknown method"),
+    ],
+)
+def test_user_errors_are_one_line(model_dir, capsys, tmp_path, args, message):
+    d, _ = model_dir
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"query": "q", "docs": ["d"], "result": {"text": "x"}}) + "\n")
+    args = [str(data) if a == "DATA" else a for a in args]
+    code, _, err = run(capsys, *args, "--model", d)
+    assert code == 2
+    assert message in err and err.startswith("llmaccel: error:")
+
+
+def test_unknown_model_lists_aliases(capsys):
+    code, _, err = run(capsys, "generate", "hello", "--model", "no-such-model")
+    assert code == 2 and "smollm2-135m" in err and "gemma3-270m" in err
