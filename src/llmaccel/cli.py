@@ -132,6 +132,24 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_cost(args) -> int:
+    """cost(k)/cost(1) of the engine (packed weights) and of transformers' default path, same run."""
+    from llmaccel import models
+    from llmaccel.bench.cost import cost_table, step_costs
+
+    if args.context <= 0:
+        raise UserError("--context must be positive")
+    res = {}
+    for label, pack in (("llmaccel engine", True), ("transformers forward (default layout, sdpa)", False)):
+        lm = models.load(args.model, pack=pack)
+        if not pack:
+            lm.model.set_attn_implementation("sdpa")
+        res[label] = step_costs(lm, context=args.context, reps=args.reps, hf_cache=not pack)
+        del lm
+    print(cost_table(res))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from llmaccel.bench import demo
 
@@ -177,6 +195,12 @@ def parser() -> argparse.ArgumentParser:
     _add_model(b)
     _add_reference_options(b)
     b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("cost", help="cost of a k-token step relative to a 1-token step")
+    c.add_argument("--context", type=int, default=1000, help="tokens already in the KV cache")
+    c.add_argument("--reps", type=int, default=15)
+    _add_model(c)
+    c.set_defaults(func=cmd_cost)
 
     d = sub.add_parser("demo", help="reference decoding vs greedy on a RAG example, with the speedup")
     _add_model(d)

@@ -10,12 +10,22 @@ import torch
 STEP_SIZES = (1, 2, 4, 8, 16, 32)
 
 
-def step_costs(lm, context: int = 1000, sizes=STEP_SIZES, reps: int = 15, seed: int = 0) -> dict[int, float]:
-    """Median seconds of a k-token step on top of `context` cached tokens, sizes interleaved per rep."""
+def step_costs(lm, context: int = 1000, sizes=STEP_SIZES, reps: int = 15, seed: int = 0,
+               hf_cache: bool = False) -> dict[int, float]:
+    """Median seconds of a k-token step on top of `context` cached tokens, sizes interleaved per rep.
+
+    `hf_cache=True` uses transformers' DynamicCache (its default path) instead of llmaccel's.
+    """
     g = torch.Generator().manual_seed(seed)
     V = lm.vocab_size
     prompt = torch.randint(0, V, (1, context), generator=g)
-    cache = lm.new_cache()
+    if hf_cache:
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        cache.rollback_to = lambda n: cache.crop(n - cache.get_seq_length())
+    else:
+        cache = lm.new_cache()
     lm.forward(prompt, 0, cache, keep=1)
     times: dict[int, list[float]] = {k: [] for k in sizes}
     for r in range(reps + 2):
