@@ -114,3 +114,18 @@ def test_stream_yields_the_same_tokens(tiny):
     chunks = [e.new_tokens for e in llmaccel.stream(lm, prompt, references=[want[3:]], max_new_tokens=25)]
     assert sum(chunks, []) == want
     assert torch.is_grad_enabled()  # inference_mode stays local to the forward
+
+
+def test_forced_trace_replays_the_engine(tiny):
+    """Forced decoding on the model's own output takes exactly the engine's steps (drafts and acceptances)."""
+    from llmaccel.drafting.reference import forced_trace
+
+    plain, lm = tiny
+    rng = random.Random(5)
+    for adaptive in (False, True):
+        prompt = [rng.randrange(lm.vocab_size) for _ in range(12)]
+        want = oracle_greedy(plain, prompt, 40)
+        refs = [want[3:20], [rng.randrange(lm.vocab_size) for _ in range(30)] + want[18:]]
+        opts = llmaccel.ReferenceOptions(match_len=1, copy_len=8, adaptive=adaptive)
+        got = Decoder(lm, prompt, method="reference", references=refs, max_new_tokens=40, options=opts).run()
+        assert [(s.tokens_in - 1, s.accepted) for s in got.step_stats] == forced_trace(want, refs, prompt, opts)

@@ -17,16 +17,32 @@ from llmaccel.drafting.index import ReferenceIndex
 
 @dataclass(frozen=True)
 class ReferenceOptions:
-    # Defaults from the match_len x copy_len sweep on the 2-core CPU (BENCHMARKS.md, "sweep"):
-    match_len: int = 2  # shortest suffix match that may trigger a draft
+    # Defaults from the match_len x copy_len sweep on the 2-core CPU (BENCHMARKS.md, "sweep"): with the
+    # guard on, match_len 1 beat 2 and 3 on both dev files, and copy_len 16 and 32 tied.
+    match_len: int = 1  # shortest suffix match that may trigger a draft
     copy_len: int = 16  # most tokens copied per draft
     adaptive: bool = True  # shorten or skip drafts when recent acceptance is low (the guard)
     use_stream: bool = True  # the prompt and output so far are sources too
 
 
-# Cost of a step of k tokens relative to a 1-token step, index k (k = 1..32), SmolLM2-135M fp32 on the
-# 2-core CPU with the packed engine (BENCHMARKS.md, "engine cost"). Only used to size drafts.
-DEFAULT_STEP_COST: tuple[float, ...] = (0.0,) + tuple(1.0 + 0.045 * (k - 1) for k in range(1, 33))
+# Cost of a step of k tokens relative to a 1-token step, measured for SmolLM2-135M fp32 on the 2-core
+# CPU with the packed engine at a 1k-token context (BENCHMARKS.md, "engine cost"), at k = 1, 2, 4, 8,
+# 16, 32 and interpolated linearly between. Only used to size drafts.
+_MEASURED_COST = {1: 1.0, 2: 1.0, 4: 1.23, 8: 1.44, 16: 1.75, 32: 2.57}
+
+
+def _interpolate(points: dict[int, float], k: int) -> float:
+    ks = sorted(points)
+    if k >= ks[-1]:
+        return points[ks[-1]] * k / ks[-1]
+    hi = next(x for x in ks if x >= k)
+    lo = max(x for x in ks if x <= k)
+    if hi == lo:
+        return points[k]
+    return points[lo] + (points[hi] - points[lo]) * (k - lo) / (hi - lo)
+
+
+DEFAULT_STEP_COST: tuple[float, ...] = (0.0,) + tuple(_interpolate(_MEASURED_COST, k) for k in range(1, 65))
 
 
 def expected_tokens(p: float, d: int) -> float:
@@ -68,6 +84,13 @@ class AcceptanceTracker:
         self.fail = self.decay * self.fail + (1.0 if accepted < drafted else 0.0)
 
 
+MATCH_BUCKETS = (1, 2, 4, 8)  # lower bounds of the match-length buckets
+
+
+def match_bucket(match_length: int) -> int:
+    return max(i for i, lo in enumerate(MATCH_BUCKETS) if match_length >= lo or i == 0)
+
+
 class ReferenceDrafter:
     """Holds the index and the guard's state; `propose` returns the next draft."""
 
@@ -80,7 +103,10 @@ class ReferenceDrafter:
         self.options = options
         self.index = ReferenceIndex(references, use_stream=options.use_stream)
         self.step_cost = step_cost
-        self.tracker = AcceptanceTracker()
+        # One acceptance estimate per match-length bucket: a draft after a long match is accepted
+        # far more often than one after a single matching token.
+        self.trackers = [AcceptanceTracker() for _ in MATCH_BUCKETS]
+        self._last_bucket = 0
 
     def feed(self, tokens: Sequence[int]) -> None:
         """Append committed tokens (the prompt, then each step's output) to the stream."""
@@ -90,13 +116,46 @@ class ReferenceDrafter:
         limit = min(max_tokens, self.options.copy_len)
         if limit <= 0:
             return []
-        draft = list(self.index.draft(limit, self.options.match_len).tokens)
+        found = self.index.draft(limit, self.options.match_len)
+        draft = list(found.tokens)
+        self._last_bucket = match_bucket(found.match_length)
         if self.options.adaptive and draft:
-            draft = draft[: choose_draft_length(len(draft), self.tracker.p, self.step_cost)]
+            p = self.trackers[self._last_bucket].p
+            draft = draft[: choose_draft_length(len(draft), p, self.step_cost)]
         return draft
 
     def observe(self, drafted: int, accepted: int) -> None:
-        self.tracker.observe(drafted, accepted)
+        self.trackers[self._last_bucket].observe(drafted, accepted)
+
+
+def forced_trace(
+    target: Sequence[int],
+    references: Sequence[Sequence[int]],
+    prompt: Sequence[int] = (),
+    options: ReferenceOptions = ReferenceOptions(adaptive=False),
+    step_cost: Sequence[float] = DEFAULT_STEP_COST,
+) -> list[tuple[int, int]]:
+    """(draft length, accepted) of every step after prefill when the model's output is `target`.
+
+    Forced decoding: each step accepts the longest prefix of the draft that equals the target, plus
+    one token, exactly what the engine does when the model's greedy output is `target`.
+    """
+    if not target:
+        return []
+    drafter = ReferenceDrafter(references, options, step_cost)
+    drafter.feed(prompt)
+    drafter.feed(target[:1])  # the prefill step yields the first token; drafting starts after it
+    i, trace = 1, []
+    while i < len(target):
+        draft = drafter.propose(len(target) - i - 1)
+        n = 0
+        while n < len(draft) and draft[n] == target[i + n]:
+            n += 1
+        drafter.observe(len(draft), n)
+        drafter.feed(target[i : i + n + 1])
+        trace.append((len(draft), n))
+        i += n + 1
+    return trace
 
 
 def count_steps(
@@ -107,24 +166,7 @@ def count_steps(
 ) -> int:
     """Decoding steps `reference` needs to produce exactly `target` (the LLMA paper's Algorithm 2).
 
-    Forced decoding: the model is assumed to output `target`, so each step accepts the longest prefix
-    of the draft that equals the target, plus one token. No model forward is needed. Steps count the
-    prefill (which yields the first token) as in the engine, so greedy decoding needs len(target).
+    No model forward is needed. Steps count the prefill (which yields the first token) as in the
+    engine, so greedy decoding needs len(target).
     """
-    if not target:
-        return 0
-    drafter = ReferenceDrafter(references, options)
-    drafter.feed(prompt)
-    drafter.feed(target[:1])  # the prefill step yields the first token; drafting starts after it
-    i, steps = 1, 1
-    while i < len(target):
-        draft = drafter.propose(len(target) - i - 1)
-        n = 0
-        while n < len(draft) and draft[n] == target[i + n]:
-            n += 1
-        drafter.observe(len(draft), n)
-        new = target[i : i + n + 1]
-        drafter.feed(new)
-        i += len(new)
-        steps += 1
-    return steps
+    return len(forced_trace(target, references, prompt, options)) + 1 if target else 0
