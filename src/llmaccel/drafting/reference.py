@@ -28,7 +28,7 @@ class ReferenceOptions:
 # Cost of a step of k tokens relative to a 1-token step, measured for SmolLM2-135M fp32 on the 2-core
 # CPU with the packed engine at a 1k-token context (BENCHMARKS.md, "engine cost"), at k = 1, 2, 4, 8,
 # 16, 32 and interpolated linearly between. Only used to size drafts.
-_MEASURED_COST = {1: 1.0, 2: 1.0, 4: 1.23, 8: 1.44, 16: 1.75, 32: 2.57}
+_MEASURED_COST = {1: 1.0, 2: 1.02, 4: 1.12, 8: 1.24, 16: 1.53, 32: 2.04}
 
 
 def _interpolate(points: dict[int, float], k: int) -> float:

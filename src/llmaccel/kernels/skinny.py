@@ -1,0 +1,138 @@
+"""Skinny fp32 GEMM for decoding steps: y = x @ W^T + b with few rows (1..~40) and W streamed once.
+
+`pack(W)` re-lays an (N, K) `nn.Linear` weight into panels of `panel_width()` output features
+([P, K, NB], zero-padded); `linear(x, packed, n, bias)` then computes the product with a register-
+tiled kernel that runs every row of x against a panel while it is in cache, so a call costs about
+one pass over the weights for 1 row as for 16 (see skinny_gemm.cpp for the blocking).
+
+The C++ is compiled on first use with `torch.utils.cpp_extension.load` (-O3 -march=native, no
+fast-math) into $LLMACCEL_CACHE/torch_extensions (default ~/.cache/llmaccel/torch_extensions); the
+extension name carries a hash of the source, flags and CPU so a cache shared between machines never
+loads code built for another CPU. `available()` says whether that worked; callers fall back to MKL
+or F.linear when it returns False. Importing this module never compiles anything.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+__all__ = ["available", "linear", "pack", "panel_width"]
+
+_SRC = Path(__file__).with_name("skinny_gemm.cpp")
+_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # no -ffast-math: IEEE fp32
+_LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
+
+_lock = threading.Lock()
+_ext = None
+_error: str | None = None
+
+
+def _cache_dir() -> Path:
+    env = os.environ.get("LLMACCEL_CACHE")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "llmaccel"
+
+
+def _cpu_fingerprint() -> str:
+    """Model name and feature flags of this CPU: -march=native code is only valid on a CPU like it."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        keep = [ln for ln in text.splitlines() if ln.startswith(("model name", "flags", "Features"))]
+        return "\n".join(sorted(set(keep)))
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def _build():
+    from torch.utils import cpp_extension
+
+    if shutil.which(os.environ.get("CXX", "c++")) is None and shutil.which("g++") is None:
+        raise RuntimeError("no C++ compiler found")
+    if not cpp_extension.is_ninja_available():
+        raise RuntimeError("ninja is not available (pip install ninja)")
+    src = _SRC.read_bytes()
+    key = hashlib.sha256(
+        src + " ".join(_CFLAGS + _LDFLAGS).encode() + _cpu_fingerprint().encode() + torch.__version__.encode()
+    ).hexdigest()[:12]
+    name = f"llmaccel_skinny_{key}"
+    build_dir = _cache_dir() / "torch_extensions" / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    ext = cpp_extension.load(
+        name=name,
+        sources=[str(_SRC)],
+        extra_cflags=_CFLAGS,
+        extra_ldflags=_LDFLAGS,
+        build_directory=str(build_dir),
+        verbose=log.isEnabledFor(logging.DEBUG),
+    )
+    log.debug("skinny gemm: built %s (isa %s, NB=%d, MR=%d)", name, ext.isa(), ext.panel_width(), ext.row_block())
+    return ext
+
+
+def _load():
+    """The compiled extension, building it on first call; raises RuntimeError if it cannot be had."""
+    global _ext, _error
+    if _ext is not None:
+        return _ext
+    with _lock:
+        if _ext is None and _error is None:
+            try:
+                _ext = _build()
+            except Exception as e:  # compiler missing, build error, import error: all mean "use MKL"
+                _error = f"{type(e).__name__}: {e}"
+                output = getattr(e.__cause__, "output", None)  # the compiler's messages, if it ran
+                if isinstance(output, bytes):
+                    output = output.decode(errors="replace")
+                log.debug("skinny gemm unavailable: %s%s", _error, f"\n{output[-4000:]}" if output else "")
+        if _ext is None:
+            raise RuntimeError(f"skinny gemm kernel unavailable: {_error}")
+    return _ext
+
+
+def available() -> bool:
+    """True if the kernel is compiled and loadable here (compiles it on first call, ~20-40 s)."""
+    try:
+        _load()
+        return True
+    except RuntimeError:
+        return False
+
+
+def panel_width() -> int:
+    """Output features per packed panel (48 with AVX-512, 16 with AVX2)."""
+    return _load().panel_width()
+
+
+def pack(weight: torch.Tensor) -> torch.Tensor:
+    """(N, K) fp32 weight -> [ceil(N/NB), K, NB] panels, packed[p, k, j] = weight[p*NB + j, k] (0 past N)."""
+    if weight.dim() != 2:
+        raise ValueError(f"pack expects a 2-D (out, in) weight, got shape {tuple(weight.shape)}")
+    nb = panel_width()
+    n, k = weight.shape
+    p = (n + nb - 1) // nb
+    with torch.no_grad():
+        w = weight.detach().to(device="cpu", dtype=torch.float32)
+        padded = torch.zeros(p * nb, k, dtype=torch.float32)
+        padded[:n] = w
+        return padded.view(p, nb, k).transpose(1, 2).contiguous()
+
+
+def linear(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x (..., K) @ W^T + bias -> (..., n), with `packed = pack(W)` and n = W.shape[0].
+
+    CPU only, computed in fp32 (other dtypes are converted), no autograd (raises if grad is needed).
+    Shape errors raise ValueError. Checks and reshapes happen in C++: the call costs ~1 us of Python.
+    """
+    return (_ext or _load()).linear(x, packed, n, bias)

@@ -1,0 +1,79 @@
+"""The skinny GEMM kernel (llmaccel.kernels.skinny) against F.linear, for odd shapes and all row counts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from llmaccel.kernels import skinny
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _need_kernel():
+    if not skinny.available():  # compiles on first call (tens of seconds); skipped without a compiler
+        pytest.skip("skinny gemm kernel could not be built here")
+
+
+def _case(m: int, k: int, n: int, with_bias: bool, seed: int):
+    g = torch.Generator().manual_seed(seed)
+    # entries ~ 1/sqrt(k) so outputs are O(1) and an absolute tolerance means something
+    w = torch.randn(n, k, generator=g) / k**0.5
+    x = torch.randn(m, k, generator=g)
+    b = torch.randn(n, generator=g) if with_bias else None
+    return x, w, b
+
+
+@pytest.mark.parametrize("n", [1, 7, 17, 48, 100, 577])
+@pytest.mark.parametrize("k", [1, 5, 576, 1537])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_matches_f_linear(n, k, with_bias):
+    for i, m in enumerate([1, 2, 3, 8, 9, 16, 17, 33, 40]):
+        x, w, b = _case(m, k, n, with_bias, seed=1000 * n + 10 * k + i)
+        y = skinny.linear(x, skinny.pack(w), n, b)
+        assert y.shape == (m, n)
+        torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=2e-5)
+
+
+def test_random_shapes():
+    g = torch.Generator().manual_seed(7)
+    for _ in range(40):
+        m = int(torch.randint(1, 41, (1,), generator=g))
+        k = int(torch.randint(1, 1600, (1,), generator=g))
+        n = int(torch.randint(1, 700, (1,), generator=g))
+        x, w, b = _case(m, k, n, bool(torch.randint(0, 2, (1,), generator=g)), seed=m * 7919 + k * 31 + n)
+        torch.testing.assert_close(skinny.linear(x, skinny.pack(w), n, b), F.linear(x, w, b), rtol=1e-5, atol=2e-5)
+
+
+def test_pack_layout_and_leading_dims():
+    nb = skinny.panel_width()
+    w = torch.arange(3 * 5, dtype=torch.float32).view(3, 5)
+    p = skinny.pack(w)
+    assert p.shape == (1, 5, nb)
+    assert torch.equal(p[0, :, :3], w.t()) and not p[0, :, 3:].any()
+    x = torch.randn(2, 3, 5)  # (..., K) inputs keep their leading dims
+    torch.testing.assert_close(skinny.linear(x, p, 3), F.linear(x, w), rtol=1e-5, atol=1e-4)
+    xt = torch.randn(5, 4).t()  # non-contiguous input
+    torch.testing.assert_close(skinny.linear(xt, p, 3), F.linear(xt, w), rtol=1e-5, atol=1e-4)
+
+
+def test_bad_arguments_raise():
+    p = skinny.pack(torch.randn(10, 8))
+    with pytest.raises(ValueError):
+        skinny.linear(torch.randn(2, 9), p, 10)  # K mismatch
+    with pytest.raises(ValueError):
+        skinny.linear(torch.randn(2, 8), p, 10 + skinny.panel_width())  # n beyond the panels
+    with pytest.raises(ValueError):
+        skinny.linear(torch.randn(2, 8), p, 10, torch.randn(9))  # bias length
+    with pytest.raises(RuntimeError):  # no autograd: refuse rather than silently drop the graph
+        skinny.linear(torch.randn(2, 8, requires_grad=True), p, 10)
+    with torch.no_grad():
+        assert skinny.linear(torch.randn(2, 8, requires_grad=True), p, 10).shape == (2, 10)
+
+
+def test_empty_and_other_dtypes():
+    w, b = torch.randn(5, 8), torch.randn(5)
+    p = skinny.pack(w)
+    assert skinny.linear(torch.randn(0, 8), p, 5, b).shape == (0, 5)
+    x = torch.randn(3, 8, dtype=torch.float64)
+    torch.testing.assert_close(skinny.linear(x, p, 5, b), F.linear(x.float(), w, b), rtol=1e-5, atol=1e-4)
