@@ -135,7 +135,7 @@ def cmd_bench(args) -> int:
 def cmd_cost(args) -> int:
     """cost(k)/cost(1) of the engine (packed weights) and of transformers' default path, same run."""
     from llmaccel import models
-    from llmaccel.bench.cost import cost_table, step_costs
+    from llmaccel.bench.cost import cost_table, lookup_cost, step_costs
 
     if args.context <= 0:
         raise UserError("--context must be positive")
@@ -147,6 +147,11 @@ def cmd_cost(args) -> int:
         res[label] = step_costs(lm, context=args.context, reps=args.reps, hf_cache=not pack)
         del lm
     print(cost_table(res))
+    look = lookup_cost()
+    step = res["llmaccel engine"][1]
+    print(f"\nreference index, ten 1k-token references: build {look['build_s'] * 1e3:.1f} ms; per step "
+          f"median {look['median_step_s'] * 1e6:.0f} us, p99 {look['p99_step_s'] * 1e6:.0f} us "
+          f"= {look['median_step_s'] / step:.2%} / {look['p99_step_s'] / step:.2%} of a 1-token step")
     return 0
 
 

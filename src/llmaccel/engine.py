@@ -139,9 +139,9 @@ class Decoder:
         # Positions past the model's context are not decoded: stop there like a length limit.
         self.budget = min(max_new_tokens, lm.max_context - len(self.prompt))
         self.stop = StopChecker(lm.eos_token_ids, self.budget, stop_strings, lm.decode)
-        self.drafter = (
-            ReferenceDrafter(references, options or ReferenceOptions()) if method == "reference" else None
-        )
+        self.references = [list(r) for r in references]
+        self.options = options or ReferenceOptions()
+        self.drafter: ReferenceDrafter | None = None
         self.out: list[int] = []
         self.stats: list[StepStat] = []
         self.prefill_s = 0.0
@@ -151,6 +151,8 @@ class Decoder:
         lm, device = self.lm, self.lm.device
         cache = lm.new_cache()
         t0 = time.perf_counter()
+        if self.method == "reference":  # indexing the references counts as prefill time
+            self.drafter = ReferenceDrafter(self.references, self.options)
         logits = lm.forward(torch.tensor([self.prompt], device=device), 0, cache, keep=1)  # (1, 1, V)
         first = greedy_targets(logits[0])[0]
         self.prefill_s = time.perf_counter() - t0
@@ -182,7 +184,6 @@ class Decoder:
                 self.drafter.feed(taken)
             yield StepEvent(taken, stat)
         self.decode_s = time.perf_counter() - t_decode
-        self.stop_reason = self.stop.reason
 
     def run(self) -> GenerationResult:
         for _ in self.events():

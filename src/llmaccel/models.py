@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +151,6 @@ class LoadedModel:
     eos_token_ids: tuple[int, ...]
     max_context: int
     packed: bool = False
-    extra: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
@@ -181,9 +180,6 @@ class LoadedModel:
             logits_to_keep=keep,
         )
         return out.logits  # (1, keep, V)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tokenizer.encode(text, add_special_tokens=True)
 
     def chat_prompt(self, user_message: str) -> list[int]:
         """Token ids of the model's chat template over one user message, with the generation prompt."""

@@ -16,7 +16,7 @@ from llmaccel.drafting.reference import ReferenceOptions
 from llmaccel.engine import Decoder
 
 MATCH_LENS = (1, 2, 3)
-COPY_LENS = (2, 4, 8, 16, 32)
+COPY_LENS = (4, 8, 16, 32)
 
 
 def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, data_path: str | None = None,
