@@ -103,7 +103,7 @@ def test_context_end_stops_generation(tiny):
     plain, lm = tiny
     prompt = [4] * (lm.max_context - 3)
     got = Decoder(lm, prompt, max_new_tokens=50).run()
-    assert len(got.token_ids) == 3
+    assert len(got.token_ids) == 3 and got.stop_reason == "context"
     assert got.token_ids == oracle_greedy(plain, prompt, 3)
 
 

@@ -138,6 +138,7 @@ class Decoder:
         self.method = method
         # Positions past the model's context are not decoded: stop there like a length limit.
         self.budget = min(max_new_tokens, lm.max_context - len(self.prompt))
+        self.context_bound = self.budget < max_new_tokens
         self.stop = StopChecker(lm.eos_token_ids, self.budget, stop_strings, lm.decode)
         self.references = [list(r) for r in references]
         self.options = options or ReferenceOptions()
@@ -151,14 +152,13 @@ class Decoder:
         lm, device = self.lm, self.lm.device
         cache = lm.new_cache()
         t0 = time.perf_counter()
-        if self.method == "reference":  # indexing the references counts as prefill time
+        if self.method == "reference":  # indexing the references and the prompt counts as prefill time
             self.drafter = ReferenceDrafter(self.references, self.options)
+            self.drafter.feed(self.prompt)
         logits = lm.forward(torch.tensor([self.prompt], device=device), 0, cache, keep=1)  # (1, 1, V)
         first = greedy_targets(logits[0])[0]
         self.prefill_s = time.perf_counter() - t0
         pos = len(self.prompt)  # entries in the cache; the last committed token is not among them yet
-        if self.drafter:
-            self.drafter.feed(self.prompt)
         taken = self.stop.accept(self.out, [first])
         if self.drafter:
             self.drafter.feed(taken)
@@ -196,7 +196,7 @@ class Decoder:
             prefill_s=self.prefill_s,
             decode_s=self.decode_s,
             total_s=self.prefill_s + self.decode_s,
-            stop_reason=self.stop.reason or "length",
+            stop_reason="context" if self.stop.reason == "length" and self.context_bound else self.stop.reason,
             method=self.method,
             step_stats=self.stats,
         )
