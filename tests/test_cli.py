@@ -90,3 +90,27 @@ def test_user_errors_are_one_line(model_dir, capsys, tmp_path, args, message):
 def test_unknown_model_lists_aliases(capsys):
     code, _, err = run(capsys, "generate", "hello", "--model", "no-such-model")
     assert code == 2 and "smollm2-135m" in err and "gemma3-270m" in err
+
+
+def test_bench_contract(model_dir, capsys, tmp_path):
+    """`llmaccel bench` writes the OUT.json of the contract, and every method matches hf-greedy."""
+    d, model = model_dir
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(
+        json.dumps({"query": q, "docs": docs, "result": {"text": "t1 t2"}}) + "\n"
+        for q, docs in [("t5 t6", ["t1 t2 t3 t4", "t3 t4 t5"]), ("Summarise: t7 t8 t9", ["t7 t8 t9"])]
+    ))
+    out = tmp_path / "out.json"
+    code, stdout, _ = run(capsys, "bench", "--data", rows, "--model", d, "--max-new-tokens", 8, "--json", out,
+                          "--methods", "hf-greedy,hf-pld,greedy,reference")
+    assert code == 0 and "| reference |" in stdout
+    doc = json.loads(out.read_text())
+    assert isinstance(doc["model"], str) and len(doc["samples"]) == 2
+    for s in doc["samples"]:
+        assert set(s) >= {"id", "prompt_tokens", "methods"}
+        for m in ("hf-greedy", "hf-pld", "greedy", "reference"):
+            assert set(s["methods"][m]) >= {"token_ids", "steps", "prefill_s", "decode_s", "total_s"}
+    for m, summary in doc["summary"].items():
+        assert set(summary) >= {"decode_tokens_per_s", "total_s", "steps", "tokens", "match_rate_vs_hf_greedy"}
+        assert summary["match_rate_vs_hf_greedy"] == 1.0, m
+    assert out.with_suffix(".png").exists()

@@ -76,8 +76,8 @@ def run_hf(model, prompt_ids: list[int], max_new_tokens: int, method: str, eos_i
             attention_mask=torch.ones_like(ids),
             do_sample=False,
             max_new_tokens=max_new_tokens,
-            eos_token_id=list(eos_ids),
-            pad_token_id=eos_ids[0] if eos_ids else None,
+            eos_token_id=list(eos_ids) or None,
+            pad_token_id=eos_ids[0] if eos_ids else 0,  # a single unpadded row: never used
             **HF_METHODS[method],
         )
     finally:
@@ -85,6 +85,13 @@ def run_hf(model, prompt_ids: list[int], max_new_tokens: int, method: str, eos_i
     t1 = time.perf_counter()
     first = clock.first_end or t1
     return Run(out[0, len(prompt_ids) :].tolist(), clock.calls, first - t0, t1 - first)
+
+
+def prompt_ids(lm, user_message: str) -> list[int]:
+    """The chat template over one user message; plain text for a model without a template."""
+    if getattr(lm.tokenizer, "chat_template", None):
+        return lm.chat_prompt(user_message)
+    return lm.tokenizer.encode(user_message, add_special_tokens=True)
 
 
 def run_engine(lm, prompt_ids, references, max_new_tokens: int, method: str, options: ReferenceOptions) -> Run:
@@ -107,7 +114,7 @@ def summarise(samples: list[dict], methods: list[str]) -> dict:
             "total_s": sum(r["total_s"] for r in runs),
             "steps": sum(r["steps"] for r in runs),
             "tokens": tokens,
-            "match_rate_vs_hf_greedy": (sum(match) / len(match)) if match else float("nan"),
+            "match_rate_vs_hf_greedy": (sum(match) / len(match)) if match else None,  # None: hf-greedy not run
             "median_decode_tokens_per_s": statistics.median(
                 len(r["token_ids"]) / r["decode_s"] for r in runs if r["decode_s"] > 0
             ) if any(r["decode_s"] > 0 for r in runs) else 0.0,
@@ -135,7 +142,7 @@ def bench(
     rows = []
     bar = tqdm(total=len(samples) * len(methods), disable=not progress, desc="bench", unit="run")
     for k, sample in enumerate(samples):
-        prompt = lm.chat_prompt(sample.user_message)
+        prompt = prompt_ids(lm, sample.user_message)
         refs = [lm.tokenizer.encode(d, add_special_tokens=False) for d in sample.references]
         order = methods[k % len(methods) :] + methods[: k % len(methods)]  # rotate: drift hits all alike
         results = {}
@@ -151,6 +158,10 @@ def bench(
     return {"model": model_name, "samples": rows, "summary": summarise(rows, methods)}
 
 
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0%}"
+
+
 def table(doc: dict) -> str:
     summary = doc["summary"]
     base = summary.get("hf-greedy", {}).get("decode_tokens_per_s")
@@ -160,7 +171,7 @@ def table(doc: dict) -> str:
         ratio = f"{s['decode_tokens_per_s'] / base:.2f}x" if base else "-"
         lines.append(
             f"| {m} | {s['decode_tokens_per_s']:.1f} | {ratio} | {s['steps']} | {s['tokens']} | "
-            f"{s['total_s']:.1f} | {s['match_rate_vs_hf_greedy']:.0%} |"
+            f"{s['total_s']:.1f} | {_percent(s['match_rate_vs_hf_greedy'])} |"
         )
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from llmaccel.bench.data import Sample
+from llmaccel.bench.run import prompt_ids
 from llmaccel.bench.steps import step_grid
 from llmaccel.drafting.reference import ReferenceOptions
 from llmaccel.engine import Decoder
@@ -32,7 +33,7 @@ def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, data_path
     totals = {name: {"tokens": 0, "decode_s": 0.0, "steps": 0} for name, _ in settings}
     bar = tqdm(total=len(samples) * len(settings), disable=not progress, desc="sweep", unit="run")
     for s in samples:
-        prompt = lm.chat_prompt(s.user_message)
+        prompt = prompt_ids(lm, s.user_message)
         refs = [lm.tokenizer.encode(d, add_special_tokens=False) for d in s.references]
         want = None
         for name, opts in settings:
