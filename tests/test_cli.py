@@ -75,6 +75,8 @@ def test_prompt_from_file_and_stdin(model_dir, capsys, tmp_path, monkeypatch):
         (["generate", " ".join(["t1"] * 80)], "context"),
         (["bench", "--data", "/nonexistent.jsonl"], "cannot read"),
         (["bench", "--data", "DATA", "--methods", "greedy,warp"], "unknown method"),
+        (["bench", "--data", "DATA", "--limit", "0"], "--limit must be positive"),
+        (["bench", "--data", "DATA", "--max-new-tokens", "-1"], "positive"),
     ],
 )
 def test_user_errors_are_one_line(model_dir, capsys, tmp_path, args, message):

@@ -110,6 +110,8 @@ def cmd_bench(args) -> int:
 
     if args.max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    if args.limit is not None and args.limit <= 0:
+        raise UserError(f"--limit must be positive, got {args.limit}")
     samples = data.load_rows(args.data, args.limit)
     if args.sweep:
         from llmaccel.bench import sweep
