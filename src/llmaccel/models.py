@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
-import os
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import torch
 
 from llmaccel import attention
 from llmaccel.kv import new_cache
+from llmaccel.paths import cache_dir
 from llmaccel.linear import pack_linears
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,6 @@ ALIASES: dict[str, Alias] = {
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"
-
-
-def cache_dir() -> Path:
-    """Where converted models live: $LLMACCEL_CACHE, else the user's cache folder."""
-    env = os.environ.get("LLMACCEL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "llmaccel"
 
 
 def _package_dir(alias: Alias) -> Path:

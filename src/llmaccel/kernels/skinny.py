@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from llmaccel.paths import cache_dir
+
 log = logging.getLogger(__name__)
 
 __all__ = ["available", "linear", "pack", "panel_width"]
@@ -35,14 +37,6 @@ _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one
 _lock = threading.Lock()
 _ext = None
 _error: str | None = None
-
-
-def _cache_dir() -> Path:
-    env = os.environ.get("LLMACCEL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "llmaccel"
 
 
 def _cpu_fingerprint() -> str:
@@ -67,7 +61,7 @@ def _build():
         src + " ".join(_CFLAGS + _LDFLAGS).encode() + _cpu_fingerprint().encode() + torch.__version__.encode()
     ).hexdigest()[:12]
     name = f"llmaccel_skinny_{key}"
-    build_dir = _cache_dir() / "torch_extensions" / name
+    build_dir = cache_dir() / "torch_extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
     ext = cpp_extension.load(
         name=name,
