@@ -76,6 +76,7 @@ def test_prompt_from_file_and_stdin(model_dir, capsys, tmp_path, monkeypatch):
         (["bench", "--data", "/nonexistent.jsonl"], "cannot read"),
         (["bench", "--data", "DATA", "--methods", "greedy,warp"], "unknown method"),
         (["bench", "--data", "DATA", "--limit", "0"], "--limit must be positive"),
+        (["generate", "t1", "--match-len", "0"], "--match-len"),
         (["bench", "--data", "DATA", "--max-new-tokens", "-1"], "positive"),
     ],
 )

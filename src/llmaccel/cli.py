@@ -28,6 +28,10 @@ def _read(path: str, what: str) -> str:
 
 def _options(args) -> ReferenceOptions:
     base = ReferenceOptions()
+    if args.match_len is not None and args.match_len < 1:
+        raise UserError(f"--match-len must be at least 1, got {args.match_len}")
+    if args.copy_len is not None and args.copy_len < 0:
+        raise UserError(f"--copy-len must not be negative, got {args.copy_len}")
     return ReferenceOptions(
         match_len=args.match_len if args.match_len is not None else base.match_len,
         copy_len=args.copy_len if args.copy_len is not None else base.copy_len,
