@@ -140,7 +140,6 @@ class LoadedModel:
     tokenizer: Any
     eos_token_ids: tuple[int, ...]
     max_context: int
-    packed: bool = False
 
     @property
     def device(self) -> torch.device:
@@ -221,7 +220,6 @@ def wrap(model, tokenizer, name: str = "model", pack: bool = True) -> LoadedMode
         tokenizer=tokenizer,
         eos_token_ids=_eos_ids(model, tokenizer),
         max_context=_max_context(model.config),
-        packed=pack,
     )
 
 
@@ -245,12 +243,7 @@ def load(name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool =
     `pack=True` re-lays the linear weights for the fast GEMM path (see linear.py); the outputs of
     greedy decoding are unchanged (tested).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = resolve(name_or_path)
-    with _quiet_loading():
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device)
-        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model, tokenizer = load_reference_model(name_or_path, device)
     return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu")
 
 
