@@ -139,7 +139,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_cost(args) -> int:
-    """cost(k)/cost(1) of the engine (packed weights) and of transformers' default path, same run."""
+    """cost(k)/cost(1) of the engine (lean forward, packed weights) and of transformers' default path, same run."""
     from llmaccel import models
     from llmaccel.bench.cost import cost_table, lookup_cost, step_costs
 
@@ -147,7 +147,7 @@ def cmd_cost(args) -> int:
         raise UserError("--context must be positive")
     res = {}
     for label, pack in (("llmaccel engine", True), ("transformers forward (default layout, sdpa)", False)):
-        lm = models.load(args.model, pack=pack)
+        lm = models.load(args.model, pack=pack, lean_forward=pack)
         if not pack:
             lm.model.set_attn_implementation("sdpa")
         res[label] = step_costs(lm, context=args.context, reps=args.reps, hf_cache=not pack)

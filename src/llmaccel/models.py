@@ -19,7 +19,8 @@ from typing import Any
 
 import torch
 
-from llmaccel import attention
+from llmaccel import attention, lean
+from llmaccel.kernels import skinny
 from llmaccel.kv import new_cache
 from llmaccel.paths import cache_dir
 from llmaccel.linear import pack_linears
@@ -140,6 +141,7 @@ class LoadedModel:
     tokenizer: Any
     eos_token_ids: tuple[int, ...]
     max_context: int
+    stack: lean.Stack | None = None  # the lean forward's weights (Llama family), None = transformers' modules
 
     @property
     def device(self) -> torch.device:
@@ -160,6 +162,8 @@ class LoadedModel:
         """
         T = ids.shape[1]
         pos = torch.arange(start, start + T, device=ids.device)  # (T,)
+        if self.stack is not None:
+            return lean.forward(self.stack, ids[0], pos, start, cache, slice(T - keep, T))[None]
         out = self.model(
             input_ids=ids,
             position_ids=pos[None],
@@ -208,11 +212,73 @@ def _max_context(config) -> int:
     return 2048
 
 
-def wrap(model, tokenizer, name: str = "model", pack: bool = True) -> LoadedModel:
-    """Wrap an already-built transformers causal LM (tests build tiny random ones)."""
+LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2")  # decoder stacks lean.py computes exactly as transformers does
+
+
+def _lean_stack(model) -> lean.Stack | None:
+    """Read a Llama-family model's weights into lean.py's `Stack`; None if the model is of another kind."""
+    cfg = model.config
+    if cfg.model_type not in LEAN_MODEL_TYPES or getattr(cfg, "hidden_act", "silu") != "silu":
+        return None
+    if getattr(cfg, "mlp_bias", False) or getattr(cfg, "pretraining_tp", 1) != 1:
+        return None
+    inner = model.model
+    if model.device.type != "cpu" or model.dtype != torch.float32:
+        return None  # the skinny kernel and the measured gains are for fp32 on the CPU
+    use_skinny = skinny.available()
+    layer_types = getattr(cfg, "layer_types", None)
+    layers = []
+    for i, layer in enumerate(inner.layers):
+        a, m = layer.self_attn, layer.mlp
+        if layer_types:
+            window = cfg.sliding_window if layer_types[i] == "sliding_attention" else None
+        else:
+            window = getattr(cfg, "sliding_window", None) if cfg.model_type == "mistral" else None
+        layers.append(
+            lean.Layer(
+                ln1=layer.input_layernorm.weight.detach(),
+                qkv=lean.FusedLinear(
+                    [a.q_proj.weight, a.k_proj.weight, a.v_proj.weight],
+                    [a.q_proj.bias, a.k_proj.bias, a.v_proj.bias],
+                    use_skinny,
+                ),
+                o=lean.FusedLinear([a.o_proj.weight], [a.o_proj.bias], use_skinny),
+                ln2=layer.post_attention_layernorm.weight.detach(),
+                gate_up=lean.FusedLinear([m.gate_proj.weight, m.up_proj.weight], [None, None], use_skinny),
+                down=lean.FusedLinear([m.down_proj.weight], [None], use_skinny),
+                window=window,
+            )
+        )
+    head = model.lm_head
+    a0 = inner.layers[0].self_attn
+
+    def rotary(positions: torch.Tensor):  # (1, T) -> cos, sin (1, T, D), from the model's own module
+        return inner.rotary_emb(inner.norm.weight, position_ids=positions)
+
+    return lean.Stack(
+        embed=inner.embed_tokens.weight.detach(),
+        layers=layers,
+        norm=inner.norm.weight.detach(),
+        head=lean.FusedLinear([head.weight], [head.bias], use_skinny),
+        eps=float(inner.norm.variance_epsilon),
+        n_heads=cfg.num_attention_heads,
+        n_kv_heads=cfg.num_key_value_heads,
+        head_dim=a0.head_dim,
+        scaling=float(a0.scaling),
+        rotary=rotary,
+    )
+
+
+def wrap(model, tokenizer, name: str = "model", pack: bool = True, lean_forward: bool = True) -> LoadedModel:
+    """Wrap an already-built transformers causal LM (tests build tiny random ones).
+
+    Llama-family models get the lean forward (lean.py) unless `lean_forward=False`; the others run
+    through transformers' modules with their linears packed for few-row steps (`pack`).
+    """
     model.eval()
     model.set_attn_implementation(attention.register())
-    if pack:
+    stack = _lean_stack(model) if lean_forward else None
+    if pack and stack is None:
         pack_linears(model)
     return LoadedModel(
         name=name,
@@ -220,6 +286,7 @@ def wrap(model, tokenizer, name: str = "model", pack: bool = True) -> LoadedMode
         tokenizer=tokenizer,
         eos_token_ids=_eos_ids(model, tokenizer),
         max_context=_max_context(model.config),
+        stack=stack,
     )
 
 
@@ -237,14 +304,16 @@ def _quiet_loading():
             hf_logging.enable_progress_bar()
 
 
-def load(name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool = True) -> LoadedModel:
+def load(
+    name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool = True, lean_forward: bool = True
+) -> LoadedModel:
     """Load a model by alias, folder or .gguf file, in fp32, ready for the engine.
 
     `pack=True` re-lays the linear weights for the fast GEMM path (see linear.py); the outputs of
     greedy decoding are unchanged (tested).
     """
     model, tokenizer = load_reference_model(name_or_path, device)
-    return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu")
+    return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu", lean_forward=lean_forward)
 
 
 def load_reference_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu"):

@@ -1,0 +1,91 @@
+"""The lean forward (lean.py) computes what transformers' modules compute, bit for bit."""
+
+from __future__ import annotations
+
+import copy
+import random
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+import llmaccel
+from llmaccel import lean
+from conftest import IdTokenizer, _config
+
+
+def _pair(arch: str, seed: int = 0):
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(_config(arch), dtype=torch.float32).eval()
+    fast = llmaccel.wrap(copy.deepcopy(model), IdTokenizer(), lean_forward=True)
+    slow = llmaccel.wrap(copy.deepcopy(model), IdTokenizer(), lean_forward=False)
+    return fast, slow
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_lean_forward_equals_modules_bitwise(arch):
+    fast, slow = _pair(arch)
+    assert fast.stack is not None and slow.stack is None
+    rng = random.Random(arch)
+    cf, cs = fast.new_cache(), slow.new_cache()
+    T = rng.randint(1, 50)
+    ids = torch.randint(0, fast.vocab_size, (1, T))
+    assert torch.equal(fast.forward(ids, 0, cf, keep=T), slow.forward(ids, 0, cs, keep=T))
+    pos = T
+    for _ in range(12):  # steps of skinny sizes and of F.linear sizes (> 40 rows), partial rollbacks
+        k = rng.choice([1, 1, 2, 5, 17, 40, 45])
+        ids = torch.randint(0, fast.vocab_size, (1, k))
+        keep = rng.randint(1, k)
+        a, b = fast.forward(ids, pos, cf, keep=keep), slow.forward(ids, pos, cs, keep=keep)
+        assert a.shape == (1, keep, fast.vocab_size)
+        assert torch.equal(a, b), (arch, k, pos)  # Mistral's window of 8 is passed many times over
+        pos += rng.randint(0, k)
+        cf.rollback_to(pos)
+        cs.rollback_to(pos)
+
+
+@pytest.mark.parametrize("arch", ["gemma3", "gpt2"])
+def test_other_architectures_use_the_modules(arch):
+    fast, _ = _pair(arch)
+    assert fast.stack is None
+
+
+def _naive_mask(start, positions, block, window):
+    T = len(positions)
+    S = start + T
+    key_pos = list(range(start)) + list(positions)
+    m = torch.zeros(T, S, dtype=torch.bool)
+    for i in range(T):
+        for j in range(S):
+            seen = True if j < start else (block[i][j - start] if block is not None else j - start <= i)
+            if window is not None and positions[i] - key_pos[j] >= window:
+                seen = False
+            m[i, j] = seen
+    return m
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_step_mask_matches_naive(seed):
+    rng = random.Random(seed)
+    start, T = rng.randint(0, 20), rng.randint(1, 8)
+    # a random tree: node i's parent is an earlier node (or the root 0); block = ancestor-or-self
+    parent = [-1] + [rng.randrange(i) for i in range(1, T)]
+    depth = [0] * T
+    block = [[False] * T for _ in range(T)]
+    for i in range(T):
+        if i:
+            depth[i] = depth[parent[i]] + 1
+        j = i
+        while j >= 0:
+            block[i][j] = True
+            j = parent[j]
+    use_tree = rng.random() < 0.5
+    positions = [start + (depth[i] if use_tree else i) for i in range(T)]
+    window = rng.choice([None, 1, 3, 8, 30])
+    got = lean.step_mask(start, torch.tensor(positions), torch.tensor(block) if use_tree else None, window)
+    want = _naive_mask(start, positions, block if use_tree else None, window)
+    if got is None:
+        assert bool(want.all())
+    else:
+        assert got.shape == (1, 1, T, start + T)
+        assert torch.equal(got[0, 0], want)
