@@ -77,6 +77,8 @@ def test_prompt_from_file_and_stdin(model_dir, capsys, tmp_path, monkeypatch):
         (["bench", "--data", "DATA", "--methods", "greedy,warp"], "unknown method"),
         (["bench", "--data", "DATA", "--limit", "0"], "--limit must be positive"),
         (["generate", "t1", "--match-len", "0"], "--match-len"),
+        (["generate", "t1", "--ngram", "1"], "--ngram must be at least 2"),
+        (["bench", "--data", "DATA", "--window", "0"], "--window must be at least 1"),
         (["bench", "--data", "DATA", "--max-new-tokens", "-1"], "positive"),
     ],
 )
@@ -105,13 +107,13 @@ def test_bench_contract(model_dir, capsys, tmp_path):
     ))
     out = tmp_path / "out.json"
     code, stdout, _ = run(capsys, "bench", "--data", rows, "--model", d, "--max-new-tokens", 8, "--json", out,
-                          "--methods", "hf-greedy,hf-pld,greedy,reference")
+                          "--methods", "hf-greedy,hf-pld,greedy,reference,lookahead,auto", "--window", 2)
     assert code == 0 and "| reference |" in stdout
     doc = json.loads(out.read_text())
     assert isinstance(doc["model"], str) and len(doc["samples"]) == 2
     for s in doc["samples"]:
         assert set(s) >= {"id", "prompt_tokens", "methods"}
-        for m in ("hf-greedy", "hf-pld", "greedy", "reference"):
+        for m in ("hf-greedy", "hf-pld", "greedy", "reference", "lookahead", "auto"):
             assert set(s["methods"][m]) >= {"token_ids", "steps", "prefill_s", "decode_s", "total_s"}
     for m, summary in doc["summary"].items():
         assert set(summary) >= {"decode_tokens_per_s", "total_s", "steps", "tokens", "match_rate_vs_hf_greedy"}

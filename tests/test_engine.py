@@ -40,12 +40,15 @@ def test_methods_equal_oracle(tiny, seed):
         max_new = rng.randint(1, 40)
         lm.eos_token_ids = eos
         want = oracle_greedy(plain, prompt, max_new, eos)
-        for method in ("greedy", "reference"):
+        for method in ("greedy", "reference", "lookahead", "auto"):
             opts = llmaccel.ReferenceOptions(
                 match_len=rng.randint(1, 3), copy_len=rng.randint(1, 20), adaptive=rng.random() < 0.5
             )
-            got = Decoder(lm, prompt, method=method, references=refs, max_new_tokens=max_new, options=opts).run()
-            assert got.token_ids == want, (method, prompt, refs, eos, max_new, opts)
+            la = llmaccel.LookaheadOptions(window=rng.randint(1, 6), ngram=rng.randint(2, 5),
+                                           pool_size=rng.randint(1, 6), seed=rng.randrange(100))
+            got = Decoder(lm, prompt, method=method, references=refs, max_new_tokens=max_new, options=opts,
+                          lookahead=la).run()
+            assert got.token_ids == want, (method, prompt, refs, eos, max_new, opts, la)
             assert got.steps <= len(want)
     lm.eos_token_ids = ()
 
@@ -59,6 +62,32 @@ def test_long_context_past_sliding_window(tiny):
     got = Decoder(lm, prompt, method="reference", references=[want[5:30]], max_new_tokens=40).run()
     assert got.token_ids == want
     assert got.steps < len(want)  # the reference was used
+
+
+def test_lookahead_trees_and_window_are_exercised(tiny):
+    """On repetitive text the pool offers several continuations per key: real trees (not chains) are
+    verified with the window alongside, partial paths are kept, and the output stays exact."""
+    plain, lm = tiny
+    rng = random.Random(3)
+    alphabet = rng.sample(range(lm.vocab_size), 5)
+    prompt = [rng.choice(alphabet) for _ in range(60)]
+    want = oracle_greedy(plain, prompt, 60)
+    la = llmaccel.LookaheadOptions(window=3, ngram=3, pool_size=4)
+    dec = Decoder(lm, prompt, method="lookahead", max_new_tokens=60, lookahead=la)
+    trees = []
+    original = dec._plan
+
+    def spy(pos):
+        tree, draft, use = original(pos)
+        trees.append(tree)
+        return tree, draft, use
+
+    dec._plan = spy
+    got = dec.run()
+    assert got.token_ids == want
+    assert sum(s.window for s in got.step_stats) >= len(got.step_stats) - 1  # the last step has no room
+    assert any(not t.is_chain() for t in trees)
+    assert any(s.accepted for s in got.step_stats)
 
 
 def test_reference_saves_steps_on_copied_text(tiny):

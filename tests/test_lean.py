@@ -89,3 +89,28 @@ def test_step_mask_matches_naive(seed):
     else:
         assert got.shape == (1, 1, T, start + T)
         assert torch.equal(got[0, 0], want)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_tree_step_equals_modules_and_linear_oracle(arch):
+    """A tree step (branches at explicit depths, ancestor mask) gives, on both paths, each node the
+    logits of its own branch run as a plain chain."""
+    fast, slow = _pair(arch, seed=1)
+    V = fast.vocab_size
+    prompt = torch.randint(0, V, (1, 12))
+    # root r, branch a: r-x-y, branch b: r-z  -> nodes [r, x, y, z], parents [-1, 0, 1, 0]
+    r, x, y, z = torch.randint(0, V, (4,)).tolist()
+    ids = torch.tensor([[r, x, y, z]])
+    depth = torch.tensor([0, 1, 2, 1])
+    block = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
+    outs = []
+    for lm in (fast, slow):
+        cache = lm.new_cache()
+        lm.forward(prompt, 0, cache, keep=1)
+        outs.append(lm.forward(ids, 12, cache, keep=4, depth=depth, block=block)[0])
+    assert torch.equal(outs[0], outs[1])
+    for chain, rows in (([r, x, y], [0, 1, 2]), ([r, z], [0, 3])):
+        cache = fast.new_cache()
+        fast.forward(prompt, 0, cache, keep=1)
+        want = fast.forward(torch.tensor([chain]), 12, cache, keep=len(chain))[0]
+        torch.testing.assert_close(outs[0][rows], want, rtol=1e-5, atol=1e-5)

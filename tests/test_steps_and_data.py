@@ -71,3 +71,13 @@ def test_rows(tmp_path):
     bad.write_text("{not json\n")
     with pytest.raises(DataError, match="bad.jsonl:1"):
         load_rows(bad)
+
+
+def test_humaneval_problems_load_as_plain_completions():
+    from llmaccel.bench.data import load_data
+
+    rows = load_data("humaneval", limit=3)
+    assert len(rows) == 3 and all(not r.chat and not r.references for r in rows)
+    assert rows[0].user_message.startswith("from typing import List") and "def has_close_elements" in rows[0].user_message
+    assert rows[0].target.strip().startswith("for idx")
+    assert len(load_data("humaneval")) == 164

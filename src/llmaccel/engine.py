@@ -1,9 +1,16 @@
 """The decoding loop: prefill, steps of one or more tokens, accept/rollback, stop conditions.
 
-One step feeds [last committed token] + draft (k tokens) at explicit positions, reads the model's
-choice at all k+1 positions, keeps the accepted prefix plus the bonus token and rolls the KV cache
-back over the rest (verify.py defines the terms). With an empty draft the step is plain greedy
-decoding, so `greedy` and `reference` share every line but the drafter.
+One step feeds the last committed token (the root) and a draft tree below it (drafting/tree.py; a
+plain draft is a chain), plus, for lookahead, the Jacobi window's nodes, at explicit positions with a
+mask that keeps the branches apart. It reads the model's choice at every node, keeps the longest
+accepted path plus the bonus token, and keeps only those entries of the KV cache (verify.py defines
+the terms). With an empty tree the step is plain greedy decoding, so every method shares every line
+but the drafting:
+
+- `greedy`: no draft.
+- `reference`: the reference index's draft (drafting/reference.py), one chain.
+- `lookahead`: the reference draft and the n-gram pool's candidates as one tree, and the window.
+- `auto`: `reference` or `lookahead` chosen per step by expected tokens per unit of step cost.
 
 The batch dimension is 1 for now; tensors keep it so batches can come without a new interface.
 """
@@ -17,12 +24,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmaccel.drafting.reference import ReferenceDrafter, ReferenceOptions
-from llmaccel.verify import accept_greedy, greedy_targets
+from llmaccel.drafting.lookahead import JacobiWindow, LookaheadOptions, NgramPool, WindowGate
+from llmaccel.drafting.reference import ReferenceDrafter, ReferenceOptions, expected_tokens
+from llmaccel.drafting.tree import DraftTree
+from llmaccel.verify import greedy_targets
 
 log = logging.getLogger(__name__)
 
-METHODS = ("greedy", "reference")
+METHODS = ("greedy", "reference", "lookahead", "auto")
+MAX_STEP_TOKENS = 64  # most tokens in one step (tree + window): beyond this a step costs more than it can save
 
 
 class GenerationError(ValueError):
@@ -31,10 +41,11 @@ class GenerationError(ValueError):
 
 @dataclass
 class StepStat:
-    tokens_in: int  # tokens fed to the forward (1 + draft length)
+    tokens_in: int  # tokens fed to the forward (root + tree + window)
     accepted: int  # drafted tokens accepted
     forward_s: float
     lookup_s: float  # time spent finding the draft
+    window: bool = False  # the step carried the lookahead window
 
 
 @dataclass
@@ -129,6 +140,7 @@ class Decoder:
         max_new_tokens: int = 128,
         stop_strings: Sequence[str] = (),
         options: ReferenceOptions | None = None,
+        lookahead: LookaheadOptions | None = None,
     ) -> None:
         if method not in METHODS:
             raise GenerationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
@@ -142,48 +154,123 @@ class Decoder:
         self.stop = StopChecker(lm.eos_token_ids, self.budget, stop_strings, lm.decode)
         self.references = [list(r) for r in references]
         self.options = options or ReferenceOptions()
+        self.la = lookahead or LookaheadOptions()
         self.drafter: ReferenceDrafter | None = None
+        self.pool: NgramPool | None = None
+        self.window: JacobiWindow | None = None
+        self.gate: WindowGate | None = None
         self.out: list[int] = []
         self.stats: list[StepStat] = []
         self.prefill_s = 0.0
         self.decode_s = 0.0
 
+    def _start_drafting(self) -> None:
+        if self.method == "greedy":
+            return
+        self.drafter = ReferenceDrafter(self.references, self.options)
+        self.drafter.feed(self.prompt)
+        if self.method in ("lookahead", "auto"):
+            self.pool = NgramPool(self.la.ngram, self.la.pool_size)
+            for ref in self.references:
+                self.pool.add_text(ref)
+            self.pool.add_text(self.prompt)
+            self.window = JacobiWindow(self.la.window, self.la.ngram, self.prompt, self.la.seed)
+            if self.method == "auto":
+                self.gate = WindowGate(self.drafter.step_cost)
+
+    def _plan(self, pos: int) -> tuple[DraftTree, list[int], bool]:
+        """The step's draft tree, the reference draft inside it, and whether the window comes along."""
+        tree = DraftTree(self.out[-1])
+        room = self.budget - len(self.out) - 1  # drafted tokens that can still be kept (the bonus comes on top)
+        if self.drafter is None or room <= 0:
+            return tree, [], False
+        draft = self.drafter.propose(room)
+        tree.add(draft)
+        if self.window is None:
+            return tree, draft, False
+        # The window sits at positions up to pos + W + N - 2: it must stay inside the context.
+        fits = pos + len(self.window) // self.window.width + self.window.width < self.lm.max_context
+        use = fits and (self.gate is None or self.gate.use(
+            expected_tokens(self.drafter.p, len(draft)), len(tree),
+            self.la.pool_size * (self.la.ngram - 1) + len(self.window)))
+        if use:
+            budget = MAX_STEP_TOKENS - len(self.window)
+            for cont in self.pool.candidates(self.out[-1]):
+                tree.add(cont[:room], max_nodes=budget)
+        return tree, draft, use
+
+    def _step_inputs(self, tree: DraftTree, window: JacobiWindow | None):
+        """ids (1, T), depth (T,) and block (T, T) of the tree followed by the window (None when a chain)."""
+        tokens, depth = list(tree.tokens), list(tree.depth)
+        if window is None:
+            block = None if tree.is_chain() else tree.visibility()
+        else:
+            n, T = len(tree), len(tree) + len(window)
+            block = [row + [False] * (T - n) for row in tree.visibility()]
+            for seen in window.visibility():
+                row = [False] * T
+                row[0] = True  # the root
+                for j in seen:
+                    row[n + j] = True
+                block.append(row)
+            tokens += window.tokens()
+            depth += window.depths()
+        device = self.lm.device
+        ids = torch.tensor([tokens], device=device)
+        if block is None:
+            return ids, None, None
+        return ids, torch.tensor(depth, device=device), torch.tensor(block, device=device)
+
     def events(self) -> Iterator[StepEvent]:
         lm, device = self.lm, self.lm.device
         cache = lm.new_cache()
         t0 = time.perf_counter()
-        if self.method == "reference":  # indexing the references and the prompt counts as prefill time
-            self.drafter = ReferenceDrafter(self.references, self.options)
-            self.drafter.feed(self.prompt)
+        self._start_drafting()  # indexing the references and the prompt counts as prefill time
         logits = lm.forward(torch.tensor([self.prompt], device=device), 0, cache, keep=1)  # (1, 1, V)
         first = greedy_targets(logits[0])[0]
         self.prefill_s = time.perf_counter() - t0
         pos = len(self.prompt)  # entries in the cache; the last committed token is not among them yet
         taken = self.stop.accept(self.out, [first])
-        if self.drafter:
-            self.drafter.feed(taken)
+        self._feed(taken)
         yield StepEvent(taken, None)
         t_decode = time.perf_counter()
         while self.stop.reason is None:
             t1 = time.perf_counter()
-            # Draft at most what can still be kept: the bonus token always comes on top.
-            room = self.budget - len(self.out) - 1
-            draft = self.drafter.propose(room) if self.drafter and room > 0 else []
+            tree, draft, use_window = self._plan(pos)
+            window = self.window if use_window else None
+            ids, depth, block = self._step_inputs(tree, window)
             t2 = time.perf_counter()
-            ids = torch.tensor([[self.out[-1], *draft]], device=device)  # (1, k+1)
-            logits = lm.forward(ids, pos, cache, keep=ids.shape[1])  # (1, k+1, V)
-            n_acc, bonus = accept_greedy(draft, greedy_targets(logits[0]))
-            pos += 1 + n_acc
-            cache.rollback_to(pos)
+            T = ids.shape[1]
+            logits = lm.forward(ids, pos, cache, keep=T, depth=depth, block=block)  # (1, T, V)
+            targets = greedy_targets(logits[0])
+            path, bonus = tree.accept(targets[: len(tree)])
+            cache.keep_path(pos, [0, *path])
+            pos += 1 + len(path)
             t3 = time.perf_counter()
-            stat = StepStat(tokens_in=ids.shape[1], accepted=n_acc, forward_s=t3 - t2, lookup_s=t2 - t1)
+            accepted = [tree.tokens[i] for i in path]
+            stat = StepStat(tokens_in=T, accepted=len(path), forward_s=t3 - t2, lookup_s=t2 - t1, window=use_window)
             self.stats.append(stat)
-            taken = self.stop.accept(self.out, [*draft[:n_acc], bonus])
+            taken = self.stop.accept(self.out, [*accepted, bonus])
             if self.drafter:
-                self.drafter.observe(len(draft), n_acc)
-                self.drafter.feed(taken)
+                on_draft = 0  # accepted tokens the reference draft alone would have given
+                while on_draft < min(len(draft), len(accepted)) and draft[on_draft] == accepted[on_draft]:
+                    on_draft += 1
+                self.drafter.observe(len(draft), on_draft)
+                if window is not None:
+                    for gram in window.update(targets[len(tree) :]):
+                        self.pool.add(gram)
+                    if self.gate:
+                        self.gate.observe(len(accepted) - on_draft)
+            self._feed(taken)
             yield StepEvent(taken, stat)
         self.decode_s = time.perf_counter() - t_decode
+
+    def _feed(self, taken: list[int]) -> None:
+        if self.drafter:
+            self.drafter.feed(taken)
+        if self.pool:
+            stream = self.prompt + self.out
+            self.pool.add_text(stream, len(stream) - len(taken))
 
     def run(self) -> GenerationResult:
         for _ in self.events():

@@ -66,6 +66,19 @@ class PreallocatedLayer(DynamicLayer):
         self.keys = self._kbuf[:, :, : self._len]
         self.values = self._vbuf[:, :, : self._len]
 
+    @torch.inference_mode()
+    def keep_slots(self, start: int, slots: torch.Tensor) -> None:
+        """Keep entries start + slots (ascending offsets) as entries start.. and drop everything after."""
+        if not self.is_initialized:
+            return
+        n = slots.shape[0]
+        idx = slots + start
+        for buf in (self._kbuf, self._vbuf):
+            buf[:, :, start : start + n] = buf.index_select(2, idx)  # gather first: sources may overlap
+        self._len = start + n
+        self.keys = self._kbuf[:, :, : self._len]
+        self.values = self._vbuf[:, :, : self._len]
+
     def reset(self) -> None:
         self._len = 0
         super().reset()
@@ -83,6 +96,17 @@ class KVCache(Cache):
             drop = layer.get_seq_length() - length
             if drop > 0:
                 layer.crop(-drop)
+
+
+    def keep_path(self, start: int, offsets: list[int]) -> None:
+        """After a tree step written at entries start..: keep the entries at start + offsets (the root
+        and the accepted path, ascending) as entries start.., forget the rest."""
+        if offsets == list(range(len(offsets))):
+            self.rollback_to(start + len(offsets))
+            return
+        slots = torch.tensor(offsets)
+        for layer in self.layers:
+            layer.keep_slots(start, slots.to(layer.device) if layer.is_initialized else slots)
 
 
 def new_cache() -> KVCache:

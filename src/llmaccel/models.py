@@ -155,24 +155,49 @@ class LoadedModel:
         return new_cache()
 
     @torch.inference_mode()
-    def forward(self, ids: torch.Tensor, start: int, cache, keep: int) -> torch.Tensor:
-        """Run `ids` (1, T) at positions start..start+T-1 on top of `cache` (which holds `start` entries).
+    def forward(
+        self,
+        ids: torch.Tensor,
+        start: int,
+        cache,
+        keep: int,
+        *,
+        depth: torch.Tensor | None = None,
+        block: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Run `ids` (1, T) on top of `cache` (which holds `start` entries); the cache grows by T entries.
 
-        Returns the logits of the last `keep` positions, (1, keep, V). The cache grows by T entries.
+        Token i sits at position start + i, or at start + depth[i] in a tree step, where `block` (T, T)
+        bool says which of the step's tokens each one sees (a tree: ancestors and itself; see
+        lean.step_mask); None means a causal chain. Returns the logits of the last `keep` positions,
+        (1, keep, V).
         """
         T = ids.shape[1]
-        pos = torch.arange(start, start + T, device=ids.device)  # (T,)
+        slots = torch.arange(start, start + T, device=ids.device)  # (T,) cache entries written
+        pos = slots if depth is None else depth.to(ids.device) + start  # (T,) positions
         if self.stack is not None:
-            return lean.forward(self.stack, ids[0], pos, start, cache, slice(T - keep, T))[None]
+            return lean.forward(self.stack, ids[0], pos, start, cache, slice(T - keep, T), block)[None]
         out = self.model(
             input_ids=ids,
             position_ids=pos[None],
-            cache_position=pos,
+            cache_position=slots,
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=keep,
+            attention_mask=None if block is None else self._step_masks(start, pos, block),
         )
         return out.logits  # (1, keep, V)
+
+    def _step_masks(self, start: int, pos: torch.Tensor, block: torch.Tensor):
+        """A tree step's masks in the form transformers takes as given (it builds none of its own):
+        one 4D mask, or one per layer type for models that mix sliding and full attention."""
+        cfg = self.model.config.get_text_config()
+        window = getattr(cfg, "sliding_window", None)
+        types = set(getattr(cfg, "layer_types", None) or [])
+        if len(types) > 1:
+            return {t: lean.step_mask(start, pos, block, window if t == "sliding_attention" else None) for t in types}
+        slides = types == {"sliding_attention"} or (not types and cfg.model_type in ("mistral", "mixtral"))
+        return lean.step_mask(start, pos, block, window if slides else None)
 
     def chat_prompt(self, user_message: str) -> list[int]:
         """Token ids of the model's chat template over one user message, with the generation prompt."""

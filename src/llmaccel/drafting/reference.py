@@ -108,6 +108,11 @@ class ReferenceDrafter:
         self.trackers = [AcceptanceTracker() for _ in MATCH_BUCKETS]
         self._last_bucket = 0
 
+    @property
+    def p(self) -> float:
+        """Acceptance estimate for the match length of the last proposal."""
+        return self.trackers[self._last_bucket].p
+
     def feed(self, tokens: Sequence[int]) -> None:
         """Append committed tokens (the prompt, then each step's output) to the stream."""
         self.index.feed(tokens)

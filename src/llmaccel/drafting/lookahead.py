@@ -1,0 +1,145 @@
+"""Lookahead decoding (Fu et al., LMSYS 2023): a Jacobi window makes n-grams, a pool keeps them.
+
+The window has W columns and up to N-1 rows of guessed tokens. Row 0, column i guesses the token
+i+1 places after the root (the last committed token); row l, column i sits l places further on. In a
+step every window token sees the root, row 0 up to its own column and its own column in rows
+1..l, so the model's choice at (l, i) extends the trajectory of column i by one token. After the step
+each column yields an n-gram (rows 0..N-2 of the column, then the model's choice at the last row) for
+the pool, the rows move up, and the choices at the last row become the new last row. While fewer
+than N-1 rows exist (the first steps) the window only grows.
+
+The pool maps a token to at most G continuations of N-1 tokens (least recently used dropped first).
+It also takes every n-gram of the references, the prompt and the output as they arrive, so one
+pool serves as the candidate source for text that repeats and for text the window guessed.
+
+Pure Python over token ids; the engine places the window's nodes in the step after the draft tree.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LookaheadOptions:
+    # Defaults from the W x N x G sweep on the 2-core CPU (BENCHMARKS.md, "lookahead sweep"): every
+    # window token costs ~3% of a step here, so the small window W2 N2 G2 was fastest (2.44x greedy on
+    # HumanEval, 8 problems); W8 N4 G4 made the most tokens per step (3.25 vs 2.87) but ran at 1.51x.
+    window: int = 2  # W, columns of the Jacobi window
+    ngram: int = 2  # N, the n-gram size (the window has N-1 rows)
+    pool_size: int = 2  # G, most continuations kept per key and verified per step
+    seed: int = 0  # the window's initial guesses are drawn from the prompt with this seed
+
+
+class NgramPool:
+    """n-grams keyed by their first token: key -> up to G continuations of N-1 tokens, LRU."""
+
+    def __init__(self, n: int, per_key: int) -> None:
+        if n < 2 or per_key < 1:
+            raise ValueError(f"n-gram size must be >= 2 and pool size >= 1, got n={n}, G={per_key}")
+        self.n = n
+        self.per_key = per_key
+        self.table: dict[int, OrderedDict[tuple[int, ...], None]] = {}
+
+    def add(self, ngram: Sequence[int]) -> None:
+        """Add one n-gram of exactly N tokens (a repeat becomes the most recent)."""
+        slot = self.table.setdefault(ngram[0], OrderedDict())
+        cont = tuple(ngram[1:])
+        if cont in slot:
+            slot.move_to_end(cont)
+            return
+        slot[cont] = None
+        if len(slot) > self.per_key:
+            slot.popitem(last=False)
+
+    def add_text(self, tokens: Sequence[int], start: int = 0) -> None:
+        """Add every n-gram of `tokens` that ends at index >= start + N - 1 (new text only)."""
+        n = self.n
+        for i in range(max(0, start - n + 1), len(tokens) - n + 1):
+            self.add(tokens[i : i + n])
+
+    def candidates(self, key: int) -> list[tuple[int, ...]]:
+        """Continuations of `key`, most recent first."""
+        slot = self.table.get(key)
+        return list(reversed(slot)) if slot else []
+
+
+class JacobiWindow:
+    """The 2D window: `rows[l][i]`, l < N-1 rows of W guesses."""
+
+    def __init__(self, width: int, ngram: int, seed_tokens: Sequence[int], seed: int = 0) -> None:
+        if width < 1 or ngram < 2:
+            raise ValueError(f"window must be >= 1 and n-gram size >= 2, got W={width}, N={ngram}")
+        if not seed_tokens:
+            raise ValueError("the window needs tokens to start from (the prompt)")
+        rng = random.Random(seed)
+        self.width = width
+        self.max_rows = ngram - 1
+        self.rows: list[list[int]] = [[rng.choice(seed_tokens) for _ in range(width)]]
+
+    def __len__(self) -> int:
+        return len(self.rows) * self.width
+
+    def tokens(self) -> list[int]:
+        """The window's tokens row by row (node (l, i) is at l * W + i)."""
+        return [t for row in self.rows for t in row]
+
+    def depths(self) -> list[int]:
+        """Places after the root of each node: (l, i) -> 1 + l + i."""
+        return [1 + l + i for l in range(len(self.rows)) for i in range(self.width)]
+
+    def visibility(self) -> list[list[int]]:
+        """For each node, the window nodes it sees besides the root: row 0 up to its column, then
+        its own column in rows 1..l (itself included)."""
+        W, out = self.width, []
+        for l in range(len(self.rows)):
+            for i in range(W):
+                out.append(list(range(i + 1)) + [r * W + i for r in range(1, l + 1)])
+        return out
+
+    def update(self, choices: Sequence[int]) -> list[list[int]]:
+        """Take the model's choice at every node (same order as `tokens()`); returns the finished n-grams."""
+        W, L = self.width, len(self.rows)
+        last = list(choices[(L - 1) * W : L * W])
+        grams: list[list[int]] = []
+        if L == self.max_rows:
+            grams = [[row[i] for row in self.rows] + [last[i]] for i in range(W)]
+            self.rows = self.rows[1:]
+        self.rows.append(last)
+        return grams
+
+
+class WindowGate:
+    """Method `auto`: whether a step should carry the window and the pool's candidates.
+
+    A step with only the reference draft is expected to commit `e` tokens at cost c(n); adding the
+    window and candidates (m more tokens) commits `e + gain` at cost c(n + m), where `gain` is a running
+    mean of the tokens the extra candidates added when they came along. Take them when that rate is
+    higher. When they have not come along for `explore_every` steps they come once, so `gain` follows
+    the text (code that repeats; prose that does not).
+    """
+
+    def __init__(self, step_cost: Sequence[float], explore_every: int = 8, decay: float = 0.8, prior: float = 0.5) -> None:
+        self.step_cost = step_cost
+        self.explore_every = explore_every
+        self.decay = decay
+        self.gain = prior
+        self.idle = 0
+
+    def _cost(self, tokens: int) -> float:
+        c = self.step_cost
+        return c[min(tokens, len(c) - 1)] * max(1.0, tokens / (len(c) - 1))
+
+    def use(self, expected: float, base_tokens: int, extra_tokens: int) -> bool:
+        worth = (expected + self.gain) / self._cost(base_tokens + extra_tokens) > expected / self._cost(base_tokens)
+        self.idle = 0 if worth else self.idle + 1
+        if self.idle >= self.explore_every:
+            self.idle = 0
+            return True
+        return worth
+
+    def observe(self, extra_accepted: int) -> None:
+        self.gain = self.decay * self.gain + (1 - self.decay) * extra_accepted

@@ -1,0 +1,76 @@
+"""Draft trees: several candidate continuations verified in one forward pass, one token per node.
+
+Candidates that share a prefix share nodes (a trie), so a tree of G candidates of length n costs at
+most G*n tokens and usually far fewer. Node 0 is the root: the last committed token, whose logits
+score the first drafted token. Greedy acceptance walks down from the root: at each node the model's
+choice (its target) either names a child, which is accepted, or is the bonus token that ends the step.
+The longest accepted path wins, and the bonus token is kept on a full match too (the reference
+lookahead implementation drops it).
+
+Pure Python over token ids; the engine turns `visibility()` into the attention mask.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class DraftTree:
+    """A trie of drafts below a root token. Nodes are numbered in insertion order (parents first)."""
+
+    def __init__(self, root: int) -> None:
+        self.tokens: list[int] = [root]
+        self.parents: list[int] = [-1]
+        self.depth: list[int] = [0]
+        self.children: list[dict[int, int]] = [{}]
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def add(self, draft: Sequence[int], max_nodes: int | None = None) -> int:
+        """Merge a draft (the tokens after the root) into the trie; returns how many nodes it added.
+
+        Stops early, keeping the draft's prefix, when the tree would exceed `max_nodes` nodes.
+        """
+        node, added = 0, 0
+        for tok in draft:
+            nxt = self.children[node].get(tok)
+            if nxt is None:
+                if max_nodes is not None and len(self.tokens) >= max_nodes:
+                    break
+                nxt = len(self.tokens)
+                self.tokens.append(tok)
+                self.parents.append(node)
+                self.depth.append(self.depth[node] + 1)
+                self.children.append({})
+                self.children[node][tok] = nxt
+                added += 1
+            node = nxt
+        return added
+
+    def is_chain(self) -> bool:
+        """True when every node has at most one child and nodes are in path order (a plain draft)."""
+        return all(p == i - 1 for i, p in enumerate(self.parents) if i)
+
+    def visibility(self) -> list[list[bool]]:
+        """(n, n): node i sees node j when j is i or one of its ancestors."""
+        n = len(self.tokens)
+        rows: list[list[bool]] = []
+        for i in range(n):
+            row = list(rows[self.parents[i]]) if i else [False] * n
+            row[i] = True
+            rows.append(row)
+        return rows
+
+    def accept(self, targets: Sequence[int]) -> tuple[list[int], int]:
+        """Greedy acceptance: (accepted node indices along the path, without the root; bonus token).
+
+        `targets[i]` is the model's choice after node i (the argmax of node i's logits).
+        """
+        node, path = 0, []
+        while True:
+            nxt = self.children[node].get(targets[node])
+            if nxt is None:
+                return path, targets[node]
+            path.append(nxt)
+            node = nxt

@@ -1,0 +1,122 @@
+"""Draft trees, the n-gram pool, the Jacobi window, tree KV compaction and the auto gate, each
+against a naive model of what it should do."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from llmaccel.drafting.lookahead import JacobiWindow, NgramPool, WindowGate
+from llmaccel.drafting.reference import DEFAULT_STEP_COST
+from llmaccel.drafting.tree import DraftTree
+from llmaccel.kv import KVCache
+
+
+def _random_tree(rng: random.Random, vocab: int = 4):
+    drafts = [[rng.randrange(vocab) for _ in range(rng.randint(0, 6))] for _ in range(rng.randint(0, 6))]
+    tree = DraftTree(rng.randrange(vocab))
+    for d in drafts:
+        tree.add(d)
+    return tree, drafts
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_tree_holds_each_draft_once_and_accepts_the_longest_path(seed):
+    rng = random.Random(seed)
+    tree, drafts = _random_tree(rng)
+    # every draft is a path from the root; nodes = distinct non-empty prefixes
+    prefixes = {tuple(d[:i]) for d in drafts for i in range(1, len(d) + 1)}
+    assert len(tree) == 1 + len(prefixes)
+    # visibility = ancestor-or-self
+    vis = tree.visibility()
+    for i in range(len(tree)):
+        anc, j = set(), i
+        while j >= 0:
+            anc.add(j)
+            j = tree.parents[j]
+        assert {j for j in range(len(tree)) if vis[i][j]} == anc
+        assert tree.depth[i] == len(anc) - 1
+    # acceptance: the naive rule is "the longest draft prefix whose tokens the model chose in turn"
+    targets = [rng.randrange(4) for _ in range(len(tree))]
+    path, bonus = tree.accept(targets)
+    node_of = {(): 0}
+    for i in range(1, len(tree)):  # reconstruct each node's token path
+        node_of[tuple(tree.tokens[j] for j in _ancestors(tree, i))] = i
+    best = ()
+    for p in node_of:
+        if all(targets[node_of[p[:k]]] == p[k] for k in range(len(p))) and len(p) > len(best):
+            best = p
+    assert [tree.tokens[i] for i in path] == list(best)
+    assert bonus == targets[node_of[best]]
+
+
+def _ancestors(tree, i):
+    out = []
+    while i > 0:
+        out.append(i)
+        i = tree.parents[i]
+    return out[::-1]
+
+
+def test_tree_node_budget_and_chain():
+    tree = DraftTree(0)
+    tree.add([1, 2, 3])
+    assert tree.is_chain() and len(tree) == 4
+    assert tree.add([1, 2, 9, 9], max_nodes=5) == 1  # one new node fits
+    assert len(tree) == 5 and not tree.is_chain()
+    assert tree.add([7], max_nodes=5) == 0
+
+
+def test_pool_keeps_the_most_recent_g_per_key():
+    pool = NgramPool(n=3, per_key=2)
+    pool.add([1, 2, 3])
+    pool.add([1, 4, 5])
+    pool.add([1, 2, 3])  # repeat: most recent again
+    pool.add([1, 6, 7])  # evicts (4, 5), the least recent
+    assert pool.candidates(1) == [(6, 7), (2, 3)]
+    assert pool.candidates(9) == []
+    pool.add_text([5, 5, 6, 7, 8], start=3)  # only n-grams ending at index >= 3
+    assert pool.candidates(5) == [(6, 7)] and pool.candidates(6) == [(7, 8)]
+    with pytest.raises(ValueError):
+        NgramPool(n=1, per_key=2)
+
+
+def test_window_shape_visibility_and_update():
+    w = JacobiWindow(width=3, ngram=3, seed_tokens=[10, 11], seed=1)
+    assert len(w.rows) == 1 and all(t in (10, 11) for t in w.tokens())
+    assert w.update([20, 21, 22]) == []  # filling: a second row, no n-grams yet
+    assert w.rows[1] == [20, 21, 22]
+    assert w.depths() == [1, 2, 3, 2, 3, 4]
+    # (1, 2) sees row 0 columns 0..2 and itself; (0, 1) sees row 0 columns 0..1
+    assert w.visibility()[5] == [0, 1, 2, 5] and w.visibility()[1] == [0, 1]
+    row0 = list(w.rows[0])
+    grams = w.update([0, 0, 0, 30, 31, 32])
+    assert grams == [[row0[0], 20, 30], [row0[1], 21, 31], [row0[2], 22, 32]]
+    assert w.rows == [[20, 21, 22], [30, 31, 32]]
+
+
+def test_keep_path_compacts_the_cache():
+    torch.manual_seed(0)
+    cache = KVCache()
+    k = torch.randn(1, 2, 10, 4)
+    v = torch.randn(1, 2, 10, 4)
+    with torch.inference_mode():
+        cache.update(k, v, 0)
+    cache.keep_path(4, [0, 2, 5])
+    assert cache.layers[0].get_seq_length() == 7
+    want = torch.cat([k[:, :, :4], k[:, :, [4, 6, 9]]], dim=2)
+    assert torch.equal(cache.layers[0].keys, want)
+    assert torch.equal(cache.layers[0].values, torch.cat([v[:, :, :4], v[:, :, [4, 6, 9]]], dim=2))
+    cache.keep_path(4, [0, 1])  # a chain prefix is a plain rollback
+    assert cache.layers[0].get_seq_length() == 6
+
+
+def test_gate_follows_the_gain_and_explores():
+    gate = WindowGate(DEFAULT_STEP_COST, explore_every=4, prior=0.0)
+    uses = [gate.use(1.0, 1, 20) for _ in range(12)]
+    assert uses == [False, False, False, True] * 3  # no gain: only the exploring steps
+    for _ in range(20):
+        gate.observe(3)
+    assert gate.use(1.0, 1, 20)  # three extra tokens per step pay for 20 more tokens
