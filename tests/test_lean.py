@@ -1,4 +1,5 @@
-"""The lean forward (lean.py) computes what transformers' modules compute, bit for bit."""
+"""The lean forward (lean.py) computes what transformers' modules compute: its Python layer bit for bit,
+its C++ layer (kernels/decoder_layer.cpp) to fp32 rounding with the same greedy choices."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def _pair(arch: str, seed: int = 0):
 def test_lean_forward_equals_modules_bitwise(arch):
     fast, slow = _pair(arch)
     assert fast.stack is not None and slow.stack is None
+    fast.stack.native = False  # the Python layer; the C++ layer is compared below, to fp32 rounding
     rng = random.Random(arch)
     cf, cs = fast.new_cache(), slow.new_cache()
     T = rng.randint(1, 50)
@@ -104,6 +106,7 @@ def test_tree_step_equals_modules_and_linear_oracle(arch):
     depth = torch.tensor([0, 1, 2, 1])
     block = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
     outs = []
+    fast.stack.native = False
     for lm in (fast, slow):
         cache = lm.new_cache()
         lm.forward(prompt, 0, cache, keep=1)
@@ -114,3 +117,48 @@ def test_tree_step_equals_modules_and_linear_oracle(arch):
         fast.forward(prompt, 0, cache, keep=1)
         want = fast.forward(torch.tensor([chain]), 12, cache, keep=len(chain))[0]
         torch.testing.assert_close(outs[0][rows], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_native_layer_matches_python_layer(arch):
+    """The C++ decoder layer (few-row steps) gives the Python lean path's logits to fp32 rounding,
+    chains and trees, past Mistral's window, with the cache rolled back in between."""
+    from llmaccel.kernels import skinny
+
+    if not skinny.available():
+        pytest.skip("the kernel cannot be built here")
+    fast, _ = _pair(arch, seed=2)
+    assert fast.stack.native
+    rng = random.Random(7)
+    V = fast.vocab_size
+    caches = [fast.new_cache(), fast.new_cache()]
+    prompt = torch.randint(0, V, (1, 20))
+    for c in caches:
+        fast.forward(prompt, 0, c, keep=1)
+    pos = 20
+    for step in range(10):
+        k = rng.randint(1, 9)
+        ids = torch.randint(0, V, (1, k))
+        tree = step % 2 == 1
+        depth = block = None
+        if tree:  # node i hangs below a random earlier node
+            parent = [-1] + [rng.randrange(i) for i in range(1, k)]
+            d = [0] * k
+            vis = torch.zeros(k, k, dtype=torch.bool)
+            for i in range(k):
+                d[i] = d[parent[i]] + 1 if i else 0
+                j = i
+                while j >= 0:
+                    vis[i, j] = True
+                    j = parent[j]
+            depth, block = torch.tensor(d), vis
+        outs = []
+        for native, c in zip((True, False), caches):
+            fast.stack.native = native
+            outs.append(fast.forward(ids, pos, c, keep=k, depth=depth, block=block))
+        fast.stack.native = True
+        torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+        assert torch.equal(outs[0].argmax(-1), outs[1].argmax(-1))
+        pos += 1 + rng.randint(0, k - 1) if not tree else 1
+        for c in caches:
+            c.rollback_to(pos)

@@ -58,6 +58,18 @@ class PreallocatedLayer(DynamicLayer):
     def get_seq_length(self) -> int:
         return self._len
 
+    def reserve(self, T: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The whole buffers (B, H_kv, capacity, D), with room for T more entries; a writer fills
+        entries len..len+T-1 and then calls `advance(T)`. The layer must be initialised."""
+        if self._len + T > self._kbuf.shape[2]:
+            self._grow(self._len + T)
+        return self._kbuf, self._vbuf
+
+    def advance(self, T: int) -> None:
+        self._len += T
+        self.keys = self._kbuf[:, :, : self._len]
+        self.values = self._vbuf[:, :, : self._len]
+
     def crop(self, tokens_to_remove: int) -> None:
         """Drop the last |tokens_to_remove| entries (transformers' convention: a negative count)."""
         if not self.is_initialized or tokens_to_remove == 0:

@@ -84,6 +84,7 @@ class Stack:
     head_dim: int
     scaling: float
     rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # positions (1, T) -> cos, sin (1, T, D)
+    native: bool = False  # steps of few rows run each layer in C++ (kernels/decoder_layer.cpp)
 
 
 def step_mask(
@@ -108,6 +109,12 @@ def step_mask(
     return mask[None, None]
 
 
+def _native_cache(cache, n_layers: int) -> bool:
+    """The C++ layer writes into llmaccel's preallocated buffers, once prefill has created them."""
+    layers = getattr(cache, "layers", [])
+    return len(layers) == n_layers and all(getattr(l, "_kbuf", None) is not None for l in layers)
+
+
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -126,9 +133,22 @@ def forward(
     T, D = ids.shape[0], stack.head_dim
     hq, hkv = stack.n_heads, stack.n_kv_heads
     cos, sin = stack.rotary(positions[None])  # (1, T, D) each
-    cos, sin = cos[0, :, None], sin[0, :, None]  # (T, 1, D): broadcast over heads
     masks: dict[int | None, torch.Tensor | None] = {}
     h = F.embedding(ids, stack.embed)  # (T, H)
+    if stack.native and T <= SKINNY_MAX_ROWS and _native_cache(cache, len(stack.layers)):
+        cos, sin = cos[0].contiguous(), sin[0].contiguous()  # (T, D)
+        for i, layer in enumerate(stack.layers):
+            if layer.window not in masks:
+                masks[layer.window] = step_mask(start, positions, block, layer.window)
+            kv = cache.layers[i]
+            kbuf, vbuf = kv.reserve(T)
+            skinny.llama_layer(h, layer.ln1, layer.qkv.packed, layer.qkv.n, layer.qkv.bias, layer.o.packed, layer.ln2,
+                               layer.gate_up.packed, layer.gate_up.n, layer.down.packed, cos, sin, kbuf, vbuf,
+                               start, masks[layer.window], hq, hkv, stack.eps, stack.scaling)
+            kv.advance(T)
+        h = F.rms_norm(h[keep], h.shape[-1:], stack.norm, stack.eps)  # (rows kept, H)
+        return stack.head(h)  # (rows kept, V)
+    cos, sin = cos[0, :, None], sin[0, :, None]  # (T, 1, D): broadcast over heads
     for i, layer in enumerate(stack.layers):
         if layer.window not in masks:
             masks[layer.window] = step_mask(start, positions, block, layer.window)

@@ -291,6 +291,7 @@ def _lean_stack(model) -> lean.Stack | None:
         head_dim=a0.head_dim,
         scaling=float(a0.scaling),
         rotary=rotary,
+        native=use_skinny and a0.head_dim % 2 == 0,
     )
 
 

@@ -28,9 +28,10 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["available", "linear", "pack", "panel_width"]
+__all__ = ["available", "linear", "llama_layer", "pack", "panel_width"]
 
 _SRC = Path(__file__).with_name("skinny_gemm.cpp")
+_SOURCES = [_SRC, Path(__file__).with_name("decoder_layer.cpp")]  # one extension: the layer calls the GEMM
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # no -ffast-math: IEEE fp32
 _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
 
@@ -56,7 +57,7 @@ def _build():
         raise RuntimeError("no C++ compiler found")
     if not cpp_extension.is_ninja_available():
         raise RuntimeError("ninja is not available (pip install ninja)")
-    src = _SRC.read_bytes()
+    src = b"".join(f.read_bytes() for f in _SOURCES)
     key = hashlib.sha256(
         src + " ".join(_CFLAGS + _LDFLAGS).encode() + _cpu_fingerprint().encode() + torch.__version__.encode()
     ).hexdigest()[:12]
@@ -65,7 +66,7 @@ def _build():
     build_dir.mkdir(parents=True, exist_ok=True)
     ext = cpp_extension.load(
         name=name,
-        sources=[str(_SRC)],
+        sources=[str(f) for f in _SOURCES],
         extra_cflags=_CFLAGS,
         extra_ldflags=_LDFLAGS,
         build_directory=str(build_dir),
@@ -130,3 +131,8 @@ def linear(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | N
     Shape errors raise ValueError. Checks and reshapes happen in C++: the call costs ~1 us of Python.
     """
     return (_ext or _load()).linear(x, packed, n, bias)
+
+
+def llama_layer(*args) -> None:
+    """One Llama-family decoder layer for a decoding step, in place (decoder_layer.cpp has the contract)."""
+    (_ext or _load()).llama_layer(*args)

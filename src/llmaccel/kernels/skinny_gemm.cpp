@@ -194,8 +194,11 @@ static void run_panels(const float* x, int64_t M, int64_t K, const float* packed
   }
 }
 
+}  // namespace
+
 // x (..., K) -> (..., n). Argument errors raise ValueError in Python (TORCH_CHECK_VALUE).
-torch::Tensor linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
+// Also called by decoder_layer.cpp.
+torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
                      const c10::optional<torch::Tensor>& bias_in) {
   TORCH_CHECK_VALUE(packed.dim() == 3 && packed.size(2) == NB && packed.scalar_type() == torch::kFloat &&
                         packed.is_contiguous() && packed.device().is_cpu(),
@@ -238,10 +241,17 @@ int64_t panel_width() { return NB; }
 int64_t row_block() { return MR; }
 std::string isa() { return ISA; }
 
-}  // namespace
+// decoder_layer.cpp
+void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor& qkv_packed, int64_t qkv_n,
+                 const c10::optional<torch::Tensor>& qkv_bias, const torch::Tensor& o_packed, const torch::Tensor& ln2,
+                 const torch::Tensor& gu_packed, int64_t gu_n, const torch::Tensor& down_packed,
+                 const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kbuf, torch::Tensor vbuf,
+                 int64_t start, const c10::optional<torch::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
+                 double scaling);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("linear", &linear, "y = x @ W^T + b with W packed in panels (see skinny.py)");
+  m.def("linear", &skinny_linear, "y = x @ W^T + b with W packed in panels (see skinny.py)");
+  m.def("llama_layer", &llama_layer, "one Llama-family decoder layer for a decoding step, in place (see lean.py)");
   m.def("panel_width", &panel_width, "NB: output features per packed panel");
   m.def("row_block", &row_block, "MR: rows of x per register tile");
   m.def("isa", &isa, "vector ISA the kernel was compiled for");
