@@ -30,6 +30,9 @@ from llmaccel.kernels import skinny
 
 # Steps of up to this many rows use the skinny kernel (linear.py measured it ahead of MKL up to ~40).
 SKINNY_MAX_ROWS = 40
+# Steps of up to this many tokens use the C++ layer's own attention (decoder_layer.cpp), longer ones
+# PyTorch's SDPA (BENCHMARKS.md, "attention in the C++ layer").
+SMALL_ATTENTION_MAX_T = 1
 
 
 class FusedLinear:
@@ -85,6 +88,7 @@ class Stack:
     scaling: float
     rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # positions (1, T) -> cos, sin (1, T, D)
     native: bool = False  # steps of few rows run each layer in C++ (kernels/decoder_layer.cpp)
+    small_attention_max_t: int = SMALL_ATTENTION_MAX_T
 
 
 def step_mask(
@@ -144,7 +148,8 @@ def forward(
             kbuf, vbuf = kv.reserve(T)
             skinny.llama_layer(h, layer.ln1, layer.qkv.packed, layer.qkv.n, layer.qkv.bias, layer.o.packed, layer.ln2,
                                layer.gate_up.packed, layer.gate_up.n, layer.down.packed, cos, sin, kbuf, vbuf,
-                               start, masks[layer.window], hq, hkv, stack.eps, stack.scaling)
+                               start, masks[layer.window], hq, hkv, stack.eps, stack.scaling,
+                               stack.small_attention_max_t)
             kv.advance(T)
         h = F.rms_norm(h[keep], h.shape[-1:], stack.norm, stack.eps)  # (rows kept, H)
         return stack.head(h)  # (rows kept, V)

@@ -26,9 +26,10 @@ class ReferenceOptions:
 
 
 # Cost of a step of k tokens relative to a 1-token step, measured for SmolLM2-135M fp32 on the 2-core
-# CPU with the packed engine at a 1k-token context (BENCHMARKS.md, "engine cost"), at k = 1, 2, 4, 8,
-# 16, 32 and interpolated linearly between. Only used to size drafts.
-_MEASURED_COST = {1: 1.0, 2: 1.02, 4: 1.12, 8: 1.24, 16: 1.53, 32: 2.04}
+# CPU with the engine (C++ decoder layer) at a 1k-token context (`llmaccel cost`, BENCHMARKS.md,
+# "engine cost"), at k = 1, 2, 4, 8, 16, 32 and interpolated linearly between. Only used to size
+# drafts and to decide whether `auto` takes the lookahead window.
+_MEASURED_COST = {1: 1.0, 2: 1.05, 4: 1.16, 8: 1.32, 16: 1.61, 32: 2.20}
 
 
 def _interpolate(points: dict[int, float], k: int) -> float:

@@ -5,17 +5,26 @@
 // small ops per layer around them (RMSNorm as seven aten ops, RoPE, the cache write, SiLU, residuals)
 // cost ~5 ms more through Python, almost all of it per-call overhead on vectors of a few KB. Here
 // RMSNorm, RoPE, the cache write and the residual adds are plain loops, the linears call the skinny
-// kernel directly, and attention and SiLU stay ATen's (PyTorch's flash kernel with grouped KV heads
-// read in place, and its vectorised SiLU), called without Python in between.
+// kernel directly, SiLU is ATen's (vectorised), and attention is our own for 1-token steps
+// (small_attention below) and PyTorch's flash kernel with grouped KV heads read in place for longer
+// steps, all without Python in between.
 //
 // Numerics: the same formulas as transformers' modules (RMSNorm: w * (x * rsqrt(mean(x^2) + eps));
 // RoPE: q * cos + rotate_half(q) * sin), fp32 throughout, no -ffast-math; sums and FMA contraction
 // differ from ATen's in the last bits, so the logits match the module path to ~1e-5 and greedy tokens
 // are tested equal.
 #include <torch/extension.h>
+#include <ATen/Parallel.h>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
+#include <vector>
 
 torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
                             const c10::optional<torch::Tensor>& bias_in);
@@ -51,6 +60,159 @@ void rope(float* v, int64_t heads, int64_t D, const float* c, const float* s) {
     }
 }
 
+// ---- Attention for steps of a few query tokens ------------------------------------------------
+//
+// Why: at T = 1..4 queries PyTorch's CPU flash kernel spends ~150 us per layer of SmolLM2 at a 1k
+// context, twice what streaming the layer's keys and values (1.5 MB) costs; it splits the work by
+// query head, so each KV head is read once per query head and the two cores get 9 heads to share.
+// Here each work item is one KV head and one chunk of keys, for all the query heads that share that
+// KV head and all T queries: every key and value is read once, and the chunks keep both cores busy.
+// Softmax per chunk with its own max, chunks merged exactly (flash-decoding). exp is a Cephes-style
+// polynomial (~1 ulp) on vectors.
+
+#if defined(__AVX512F__)
+constexpr int AVL = 16;
+#elif defined(__AVX__)
+constexpr int AVL = 8;
+#else
+constexpr int AVL = 4;
+#endif
+typedef float avec __attribute__((vector_size(AVL * 4)));
+typedef int32_t aivec __attribute__((vector_size(AVL * 4)));
+
+inline avec aload(const float* p) {
+  avec v;
+  __builtin_memcpy(&v, p, sizeof(avec));
+  return v;
+}
+inline void astore(float* p, avec v) { __builtin_memcpy(p, &v, sizeof(avec)); }
+inline avec splat(float x) { return avec{} + x; }
+
+inline float hsum(avec v) {
+#if defined(__AVX512F__)
+  return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
+#else
+  float s = 0;
+  for (int i = 0; i < AVL; ++i) s += v[i];
+  return s;
+#endif
+}
+
+// exp on each lane; inputs below -87 give 0 (softmax weights that small do not matter in fp32).
+inline avec vexp(avec x) {
+  const avec tiny = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  x = x > splat(88.0f) ? splat(88.0f) : x;
+  avec fx = x * splat(1.44269504088896341f) + splat(0.5f);
+  avec n = __builtin_convertvector(__builtin_convertvector(fx, aivec), avec);  // trunc
+  n = n > fx ? n - splat(1.0f) : n;                                            // floor(x / ln2 + 1/2)
+  const avec r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  avec p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  const aivec bits = (__builtin_convertvector(n, aivec) + 127) << 23;  // 2^n
+  avec scale;
+  __builtin_memcpy(&scale, &bits, sizeof(scale));
+  return p * scale * tiny;
+}
+
+inline float dot(const float* a, const float* b, int64_t D) {
+  if (D % AVL == 0) {
+    avec acc = splat(0.0f);
+    for (int64_t d = 0; d < D; d += AVL) acc += aload(a + d) * aload(b + d);
+    return hsum(acc);
+  }
+  float s = 0;
+  for (int64_t d = 0; d < D; ++d) s += a[d] * b[d];
+  return s;
+}
+
+// out (T, hq * D) = softmax(q k^T * scale, masked) v for T query tokens. q: row t of the qkv buffer
+// (row stride ldq) holds the query heads at h * D. kb, vb: (hkv, cap, D), the first S entries valid.
+// mask: (T, S) bool, true = attend, or null (all visible).
+void small_attention(const float* q, int64_t ldq, const float* kb, const float* vb, int64_t cap, int64_t S,
+                     const bool* mask, int64_t T, int64_t hq, int64_t hkv, int64_t D, float scale, float* out) {
+  const int64_t rep = hq / hkv, R = rep * T;  // query rows per KV head: (head j, token t) -> j * T + t
+  const int64_t chunk = 256;
+  const int64_t nchunks = (S + chunk - 1) / chunk;
+  const int64_t items = hkv * nchunks;
+  // per item and query row: max, sum, then D accumulated values
+  std::vector<float> part(items * R * (D + 2));
+  const float NEG = -std::numeric_limits<float>::infinity();
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> sc(R * chunk + AVL);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t g = it / nchunks, s0 = (it % nchunks) * chunk, n = std::min(chunk, S - s0);
+      const float* kg = kb + (g * cap + s0) * D;
+      const float* vg = vb + (g * cap + s0) * D;
+      float* res = part.data() + it * R * (D + 2);
+      for (int64_t s = 0; s < n; ++s)
+        for (int64_t r = 0; r < R; ++r) {
+          const int64_t j = g * rep + r / T, t = r % T;
+          const bool seen = !mask || mask[t * S + s0 + s];
+          sc[r * chunk + s] = seen ? dot(q + t * ldq + j * D, kg + s * D, D) * scale : NEG;
+        }
+      for (int64_t r = 0; r < R; ++r) {
+        float* row = sc.data() + r * chunk;
+        float m = NEG;
+        for (int64_t s = 0; s < n; ++s) m = std::max(m, row[s]);
+        float l = 0;
+        if (m != NEG) {
+          int64_t s = 0;
+          avec lv = splat(0.0f);
+          for (; s + AVL <= n; s += AVL) {
+            const avec p = vexp(aload(row + s) - splat(m));
+            astore(row + s, p);
+            lv += p;
+          }
+          l = hsum(lv);
+          for (; s < n; ++s) {
+            row[s] = row[s] == NEG ? 0.0f : std::exp(row[s] - m);
+            l += row[s];
+          }
+        } else {
+          std::fill(row, row + n, 0.0f);
+        }
+        res[r * (D + 2)] = m;
+        res[r * (D + 2) + 1] = l;
+        std::fill(res + r * (D + 2) + 2, res + (r + 1) * (D + 2), 0.0f);
+      }
+      for (int64_t s = 0; s < n; ++s) {
+        const float* v = vg + s * D;
+        for (int64_t r = 0; r < R; ++r) {
+          const float p = sc[r * chunk + s];
+          if (p == 0.0f) continue;
+          float* acc = res + r * (D + 2) + 2;
+          for (int64_t d = 0; d < D; ++d) acc[d] += p * v[d];
+        }
+      }
+    }
+  });
+  // merge the chunks of each KV head: weights exp(m_c - M), as in one softmax over all keys
+  for (int64_t g = 0; g < hkv; ++g)
+    for (int64_t r = 0; r < R; ++r) {
+      float M = NEG;
+      for (int64_t c = 0; c < nchunks; ++c) M = std::max(M, part[((g * nchunks + c) * R + r) * (D + 2)]);
+      const int64_t j = g * rep + r / T, t = r % T;
+      float* o = out + t * hq * D + j * D;
+      std::fill(o, o + D, 0.0f);
+      float L = 0;
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const float* pr = part.data() + ((g * nchunks + c) * R + r) * (D + 2);
+        if (pr[0] == NEG) continue;
+        const float w = std::exp(pr[0] - M);
+        L += pr[1] * w;
+        for (int64_t d = 0; d < D; ++d) o[d] += pr[2 + d] * w;
+      }
+      const float inv = 1.0f / L;
+      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    }
+}
+
 void add_into(float* h, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) h[i] += y[i];
 }
@@ -66,13 +228,14 @@ void check(const torch::Tensor& t, const char* name) {
 // bias; o_packed: H outputs; gu_packed: gate and up stacked (gu_n = 2 I); down_packed: H outputs.
 // cos, sin: (T, D) for the step's positions. kbuf, vbuf: (1, hkv, capacity, D) with `start` valid
 // entries; the step's keys and values are written at start..start+T-1 (capacity must allow it).
-// mask: (1, 1, T, start + T) bool (true = attend) or none (every key visible).
+// mask: (1, 1, T, start + T) bool (true = attend) or none (every key visible). Steps of up to
+// small_attention_max_t tokens use small_attention, longer ones PyTorch's SDPA.
 void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor& qkv_packed, int64_t qkv_n,
                  const c10::optional<torch::Tensor>& qkv_bias, const torch::Tensor& o_packed, const torch::Tensor& ln2,
                  const torch::Tensor& gu_packed, int64_t gu_n, const torch::Tensor& down_packed,
                  const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kbuf, torch::Tensor vbuf,
                  int64_t start, const c10::optional<torch::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
-                 double scaling) {
+                 double scaling, int64_t small_attention_max_t) {
   check(h, "h");
   check(cos, "cos");
   check(sin, "sin");
@@ -109,11 +272,23 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
       std::memcpy(vp + (g * cap + start + t) * D, row + (hq + hkv + g) * D, D * sizeof(float));
     }
   }
-  auto q = qkv.view({T, hq + 2 * hkv, D}).narrow(1, 0, hq).transpose(0, 1).unsqueeze(0);  // (1, hq, T, D)
-  auto keys = kbuf.narrow(2, 0, start + T);  // (1, hkv, S, D)
-  auto values = vbuf.narrow(2, 0, start + T);
-  auto a = at::scaled_dot_product_attention(q, keys, values, mask, 0.0, false, scaling, hq != hkv);  // (1, hq, T, D)
-  a = a.transpose(1, 2).contiguous().view({T, hq * D});
+  const int64_t S = start + T;
+  torch::Tensor a;
+  if (T <= small_attention_max_t) {
+    a = torch::empty({T, hq * D}, h.options());
+    torch::Tensor m;
+    if (mask.has_value() && mask->defined()) {
+      m = mask->reshape({T, S}).to(torch::kBool).contiguous();
+    }
+    small_attention(qp, qkv_n, kp, vp, cap, S, m.defined() ? m.data_ptr<bool>() : nullptr, T, hq, hkv, D,
+                    static_cast<float>(scaling), a.data_ptr<float>());
+  } else {
+    auto q = qkv.view({T, hq + 2 * hkv, D}).narrow(1, 0, hq).transpose(0, 1).unsqueeze(0);  // (1, hq, T, D)
+    auto keys = kbuf.narrow(2, 0, S);  // (1, hkv, S, D)
+    auto values = vbuf.narrow(2, 0, S);
+    a = at::scaled_dot_product_attention(q, keys, values, mask, 0.0, false, scaling, hq != hkv);  // (1, hq, T, D)
+    a = a.transpose(1, 2).contiguous().view({T, hq * D});
+  }
   auto o = skinny_linear(a, o_packed, H, c10::nullopt);
   add_into(hp, o.data_ptr<float>(), T * H);
 

@@ -247,7 +247,7 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
                  const torch::Tensor& gu_packed, int64_t gu_n, const torch::Tensor& down_packed,
                  const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kbuf, torch::Tensor vbuf,
                  int64_t start, const c10::optional<torch::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
-                 double scaling);
+                 double scaling, int64_t small_attention_max_t);
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny_linear, "y = x @ W^T + b with W packed in panels (see skinny.py)");
