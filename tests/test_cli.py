@@ -119,3 +119,18 @@ def test_bench_contract(model_dir, capsys, tmp_path):
         assert set(summary) >= {"decode_tokens_per_s", "total_s", "steps", "tokens", "match_rate_vs_hf_greedy"}
         assert summary["match_rate_vs_hf_greedy"] == 1.0, m
     assert out.with_suffix(".png").exists()
+
+
+@pytest.mark.parametrize("flag,first_column", [("--sweep", "match_len"), ("--sweep-lookahead", "W")])
+def test_sweeps_write_table_json_and_plot(model_dir, capsys, tmp_path, flag, first_column):
+    """Both sweeps run every setting on every row (outputs checked equal inside) and write their files."""
+    d, _ = model_dir
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"query": "t5 t6 t7", "docs": ["t5 t6 t7 t8 t9"], "result": {"text": "t8 t9"}}) + "\n")
+    out = tmp_path / "sweep.json"
+    code, stdout, _ = run(capsys, "bench", flag, "--data", rows, "--model", d, "--max-new-tokens", 6, "--json", out)
+    assert code == 0 and f"| setting | {first_column} |" in stdout
+    doc = json.loads(out.read_text())
+    assert {g["setting"] for g in doc["timed"]} >= {"greedy"}
+    assert all(g["tokens"] > 0 for g in doc["timed"])
+    assert out.with_suffix(".png").exists()

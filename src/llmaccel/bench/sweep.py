@@ -20,38 +20,70 @@ MATCH_LENS = (1, 2, 3)
 COPY_LENS = (4, 8, 16, 32)
 
 
-def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, data_path: str | None = None,
-          match_lens=MATCH_LENS, copy_lens=COPY_LENS, progress: bool = True) -> dict:
+def timed_grid(lm, samples: list[Sample], settings: list[tuple[str, dict]], max_new_tokens: int,
+               desc: str = "sweep", progress: bool = True) -> dict[str, dict]:
+    """Run every setting (a name and `Decoder` keyword arguments) on every sample, the order rotated per
+    sample so machine drift hits all alike. Every output must equal every other (greedy is among the
+    settings, so all equal greedy: exactness is the contract). Returns per-setting totals of tokens,
+    decode_s and steps."""
     from tqdm import tqdm
 
-    from llmaccel import models
-
-    lm = models.load(model_name)
-    settings = [("greedy", None), ("guarded default", ReferenceOptions())]
-    settings += [(f"m{m}c{c}", ReferenceOptions(match_len=m, copy_len=c, adaptive=False))
-                 for m in match_lens for c in copy_lens]
     totals = {name: {"tokens": 0, "decode_s": 0.0, "steps": 0} for name, _ in settings}
-    bar = tqdm(total=len(samples) * len(settings), disable=not progress, desc="sweep", unit="run")
-    for s in samples:
+    bar = tqdm(total=len(samples) * len(settings), disable=not progress, desc=desc, unit="run")
+    for k, s in enumerate(samples):
         prompt = prompt_ids(lm, s.user_message, s.chat)
         refs = [lm.tokenizer.encode(d, add_special_tokens=False) for d in s.references]
         want = None
-        for name, opts in settings:
-            r = Decoder(lm, prompt, method="greedy" if opts is None else "reference", references=refs,
-                        max_new_tokens=max_new_tokens, options=opts).run()
+        for name, kwargs in settings[k % len(settings):] + settings[: k % len(settings)]:
+            r = Decoder(lm, prompt, references=refs, max_new_tokens=max_new_tokens, **kwargs).run()
             if want is None:
                 want = r.token_ids
             elif r.token_ids != want:
-                raise AssertionError(f"{name} differs from greedy on sample {s.id}")  # exactness is the contract
+                raise AssertionError(f"{name} differs from the other settings on sample {s.id}")
             t = totals[name]
             t["tokens"] += len(r.token_ids)
             t["decode_s"] += r.decode_s
             t["steps"] += r.steps
             bar.update(1)
     bar.close()
+    return totals
+
+
+def save(doc: dict, out: Path, fig) -> Path:
+    """OUT.json and the figure beside it as PNG."""
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1))
+    png = out.with_suffix(".png")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, data_path: str | None = None,
+          match_lens=MATCH_LENS, copy_lens=COPY_LENS, progress: bool = True) -> dict:
+    from llmaccel import models
+
+    lm = models.load(model_name)
+    options = [("greedy", None), ("guarded default", ReferenceOptions())]
+    options += [(f"m{m}c{c}", ReferenceOptions(match_len=m, copy_len=c, adaptive=False))
+                for m in match_lens for c in copy_lens]
+    settings = [(name, {"method": "greedy"} if o is None else {"method": "reference", "options": o}) for name, o in options]
+    totals = timed_grid(lm, samples, settings, max_new_tokens, progress=progress)
     base = totals["greedy"]["tokens"] / totals["greedy"]["decode_s"]
     grid = []
-    for name, opts in settings:
+    for name, opts in options:
         t = totals[name]
         rate = t["tokens"] / t["decode_s"]
         grid.append({"setting": name, "match_len": opts.match_len if opts else None,
@@ -73,13 +105,7 @@ def table(doc: dict) -> str:
 
 
 def write(doc: dict, out: Path) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1))
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2 if "forced_steps" in doc else 1, figsize=(10, 3.8), squeeze=False)
     ax = axes[0][0]
     for m in sorted({g["match_len"] for g in doc["timed"] if g["match_len"] and not g["adaptive"]}):
@@ -98,8 +124,4 @@ def write(doc: dict, out: Path) -> Path:
         ax.set(xlabel="copy_len", ylabel="greedy steps / reference steps", title="forced decoding on result.text")
         ax.legend()
     fig.suptitle(f"{doc['model']}, {doc['samples']} samples, {doc['max_new_tokens']} new tokens")
-    fig.tight_layout()
-    png = out.with_suffix(".png")
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-    return png
+    return save(doc, out, fig)

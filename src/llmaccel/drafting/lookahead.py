@@ -26,8 +26,9 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class LookaheadOptions:
     # Defaults from the W x N x G sweep on the 2-core CPU (BENCHMARKS.md, "lookahead sweep"): every
-    # window token costs ~3% of a step here, so the small window W2 N2 G2 was fastest (2.44x greedy on
-    # HumanEval, 8 problems); W8 N4 G4 made the most tokens per step (3.25 vs 2.87) but ran at 1.51x.
+    # window token costs ~2-3% of a step here, so small windows win: W2 N2 G2 2.28x greedy on HumanEval
+    # (8 problems), within noise of the best cell (2.29x); W8 N4 G4 made the most tokens per step (3.14
+    # vs 2.75) but ran at 1.47x.
     window: int = 2  # W, columns of the Jacobi window
     ngram: int = 2  # N, the n-gram size (the window has N-1 rows)
     pool_size: int = 2  # G, most continuations kept per key and verified per step
