@@ -120,3 +120,18 @@ def test_gate_follows_the_gain_and_explores():
     for _ in range(20):
         gate.observe(3)
     assert gate.use(1.0, 1, 20)  # three extra tokens per step pay for 20 more tokens
+
+
+def test_flatten_places_the_window_after_the_tree():
+    from llmaccel.drafting.tree import flatten
+
+    tree = DraftTree(7)
+    tree.add([1, 2])
+    assert flatten(tree) == ([7, 1, 2], [0, 1, 2], None)  # a chain: causal, no matrix
+    tree.add([3])
+    w = JacobiWindow(width=2, ngram=2, seed_tokens=[9], seed=0)
+    tokens, depth, block = flatten(tree, w.tokens(), w.depths(), w.visibility())
+    assert tokens == [7, 1, 2, 3, 9, 9] and depth == [0, 1, 2, 1, 1, 2]
+    assert block[2] == [True, True, True, False, False, False]  # node 2: root, 1, itself
+    assert block[3] == [True, False, False, True, False, False]  # the other branch
+    assert block[5] == [True, False, False, False, True, True]  # window (0, 1): root, (0, 0), itself

@@ -123,6 +123,8 @@ class WindowGate:
     the text (code that repeats; prose that does not).
     """
 
+    # explore_every, decay and prior are first choices, not tuned; `auto` came within 1-2% of the best
+    # method on all three benchmarks with them (BENCHMARKS.md, main table).
     def __init__(self, step_cost: Sequence[float], explore_every: int = 8, decay: float = 0.8, prior: float = 0.5) -> None:
         self.step_cost = step_cost
         self.explore_every = explore_every

@@ -74,3 +74,29 @@ class DraftTree:
                 return path, targets[node]
             path.append(nxt)
             node = nxt
+
+
+def flatten(
+    tree: DraftTree,
+    window_tokens: Sequence[int] = (),
+    window_depths: Sequence[int] = (),
+    window_sees: Sequence[Sequence[int]] = (),
+) -> tuple[list[int], list[int], list[list[bool]] | None]:
+    """One step's input: the tree's nodes, then a lookahead window's (if any).
+
+    Returns tokens (T), depths below the root (T), and the (T, T) visibility matrix, or None when the
+    step is a plain chain (causal). Window node i sees the root, the window nodes in `window_sees[i]`
+    and nothing of the tree; tree nodes see their ancestors and nothing of the window.
+    """
+    tokens, depth = list(tree.tokens), list(tree.depth)
+    if not window_tokens:
+        return tokens, depth, None if tree.is_chain() else tree.visibility()
+    n, T = len(tree), len(tree) + len(window_tokens)
+    block = [row + [False] * (T - n) for row in tree.visibility()]
+    for seen in window_sees:
+        row = [False] * T
+        row[0] = True  # the root
+        for j in seen:
+            row[n + j] = True
+        block.append(row)
+    return tokens + list(window_tokens), depth + list(window_depths), block
