@@ -128,12 +128,18 @@ def test_unknown_method(tiny):
         Decoder(lm, [1, 2], method="magic")
 
 
-def test_context_end_stops_generation(tiny):
+@pytest.mark.parametrize("method", ["greedy", "reference", "lookahead", "auto"])
+def test_context_end_stops_generation(tiny, method):
+    """Up to the last position of the context and no further: drafts and the lookahead window
+    (GPT-2's learned positions end there) must stay inside it."""
     plain, lm = tiny
-    prompt = [4] * (lm.max_context - 3)
-    got = Decoder(lm, prompt, max_new_tokens=50).run()
-    assert len(got.token_ids) == 3 and got.stop_reason == "context"
-    assert got.token_ids == oracle_greedy(plain, prompt, 3)
+    prompt = [4, 5] * ((lm.max_context - 6) // 2)
+    room = lm.max_context - len(prompt)
+    want = oracle_greedy(plain, prompt, room)
+    got = Decoder(lm, prompt, method=method, references=[want], max_new_tokens=50,
+                  lookahead=llmaccel.LookaheadOptions(window=4, ngram=3, pool_size=3)).run()
+    assert len(got.token_ids) == room and got.stop_reason == "context"
+    assert got.token_ids == want
 
 
 def test_stream_yields_the_same_tokens(tiny):
