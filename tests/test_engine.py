@@ -42,7 +42,8 @@ def test_methods_equal_oracle(tiny, seed):
         want = oracle_greedy(plain, prompt, max_new, eos)
         for method in ("greedy", "reference", "lookahead", "auto"):
             opts = llmaccel.ReferenceOptions(
-                match_len=rng.randint(1, 3), copy_len=rng.randint(1, 20), adaptive=rng.random() < 0.5
+                match_len=rng.randint(1, 3), copy_len=rng.randint(1, 20), adaptive=rng.random() < 0.5,
+                branches=rng.choice([0, 0, 1, 3]),
             )
             la = llmaccel.LookaheadOptions(window=rng.randint(1, 6), ngram=rng.randint(2, 5),
                                            pool_size=rng.randint(1, 6), seed=rng.randrange(100))

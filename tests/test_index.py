@@ -322,3 +322,18 @@ def test_build_10_docs_of_1000_tokens():
     assert d.source == "reference" and d.match_length == 40
     assert list(d.tokens) == docs[3][140:156]  # a 40-token match is unique in random text
     print(f"built 10x1000 tokens in {build_s * 1000:.1f} ms")
+
+
+def test_alternatives_rank_the_other_continuations_by_frequency():
+    # after 7: 8 follows three times, 9 twice, 5 once; each alternative then follows its best path
+    refs = [[7, 8, 1], [7, 8, 1], [7, 8, 2], [7, 9, 3, 4], [7, 9, 3, 4], [7, 5, 6]]
+    m = ReferenceMatcher(refs)
+    m.feed([7])
+    main, _ = m.draft(3, 1)
+    assert main == [8, 1]
+    assert m.alternatives(3, 1, 5) == [[9, 3, 4], [5, 6]]
+    assert m.alternatives(2, 1, 1) == [[9, 3]]
+    assert m.alternatives(3, 2, 5) == []  # the match is shorter than min_match
+    index = ReferenceIndex(refs, use_stream=True)
+    index.feed([7])
+    assert index.alternatives(3, 1, 1) == [[9, 3, 4]]

@@ -33,10 +33,14 @@ def _options(args) -> ReferenceOptions:
         raise UserError(f"--match-len must be at least 1, got {args.match_len}")
     if args.copy_len is not None and args.copy_len < 0:
         raise UserError(f"--copy-len must not be negative, got {args.copy_len}")
+    branches = getattr(args, "branches", None)
+    if branches is not None and branches < 0:
+        raise UserError(f"--branches must not be negative, got {branches}")
     return ReferenceOptions(
         match_len=args.match_len if args.match_len is not None else base.match_len,
         copy_len=args.copy_len if args.copy_len is not None else base.copy_len,
         adaptive=not getattr(args, "no_guard", False),
+        branches=branches if branches is not None else base.branches,
     )
 
 
@@ -65,6 +69,7 @@ def _add_model(p) -> None:
 def _add_reference_options(p) -> None:
     p.add_argument("--match-len", type=int, default=None, help="shortest suffix match that triggers a draft")
     p.add_argument("--copy-len", type=int, default=None, help="most tokens copied per draft")
+    p.add_argument("--branches", type=int, default=None, help="other continuations verified beside each draft (tree)")
 
 
 def cmd_generate(args) -> int:

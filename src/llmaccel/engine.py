@@ -188,6 +188,8 @@ class Decoder:
             return tree, [], False
         draft = self.drafter.propose(room)
         tree.add(draft)
+        for alt in self.drafter.alternatives(len(draft)):
+            tree.add(alt, max_nodes=MAX_STEP_TOKENS // 2)
         if self.window is None:
             return tree, draft, False
         # The window sits at positions up to pos + W + N - 2: it must stay inside the context.

@@ -293,6 +293,33 @@ class ReferenceMatcher:
         return out, length
 
 
+    def alternatives(self, max_tokens: int, min_match: int, n: int) -> list[list[int]]:
+        """Up to ``n`` continuations of the current match other than :meth:`draft`'s: each starts with
+        a less frequent next token (by count) and then follows the most frequent path."""
+        min_match = max(1, min_match)
+        if n <= 0 or max_tokens <= 0 or self.match_length < min_match:
+            return []
+        sam = self.automaton
+        s = self.state
+        while sam.best_transition(s) is None:
+            s = sam.states[s].link
+            if sam.states[s].length < min_match:
+                return []
+        states = sam.states
+        ranked = sorted(states[s].next.items(), key=lambda kv: (-states[kv[1]].count, states[kv[1]].first_end))
+        out = []
+        for token, t in ranked[1 : n + 1]:
+            seq = [token]
+            while len(seq) < max_tokens:
+                best = sam.best_transition(t)
+                if best is None:
+                    break
+                tok, t = best
+                seq.append(tok)
+            out.append(seq)
+        return out
+
+
 class StreamMatcher:
     """Suffix automaton built online over the stream itself (prompt, then output).
 
@@ -392,6 +419,18 @@ class ReferenceIndex:
         if self.stream_matcher is not None:
             self.stream_matcher.feed(tokens)
         self._stream_length += len(tokens)
+
+    def alternatives(self, max_tokens: int, min_match: int, n: int) -> list[list[int]]:
+        """Other continuations than `draft`'s: the other source's draft, then less frequent reference
+        continuations (for a draft tree)."""
+        ref_tokens, ref_len = self.reference_matcher.draft(max_tokens, min_match)
+        str_tokens, str_len = (
+            self.stream_matcher.draft(max_tokens, min_match) if self.stream_matcher is not None else ([], 0)
+        )
+        main = ref_tokens if ref_tokens and ref_len >= str_len else str_tokens
+        out = [t for t in (ref_tokens, str_tokens) if t and t != main]
+        out += self.reference_matcher.alternatives(max_tokens, min_match, n)
+        return out[:n]
 
     def draft(self, max_tokens: int, min_match: int) -> Draft:
         """Draft from whichever source has the longer match (ties: reference)."""

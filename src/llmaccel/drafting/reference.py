@@ -23,6 +23,11 @@ class ReferenceOptions:
     copy_len: int = 16  # most tokens copied per draft
     adaptive: bool = True  # shorten or skip drafts when recent acceptance is low (the guard)
     use_stream: bool = True  # the prompt and output so far are sources too
+    # Other continuations verified beside the draft as a tree (the other source's draft, then less
+    # frequent reference continuations); 0 = a plain draft. Measured on the 2-core CPU: 1 branch cut
+    # steps 2-4% but moved speed only within noise (+1.6% cnndm, +0.3% rag; BENCHMARKS.md, "which
+    # continuation to draft"), so off by default; where extra tokens in a step are cheaper it pays more.
+    branches: int = 0
 
 
 # Cost of a step of k tokens relative to a 1-token step, measured for SmolLM2-135M fp32 on the 2-core
@@ -129,6 +134,12 @@ class ReferenceDrafter:
             p = self.trackers[self._last_bucket].p
             draft = draft[: choose_draft_length(len(draft), p, self.step_cost)]
         return draft
+
+    def alternatives(self, length: int) -> list[list[int]]:
+        """Up to `branches` other continuations, each cut to `length` tokens (for a draft tree)."""
+        if self.options.branches <= 0 or length <= 0:
+            return []
+        return self.index.alternatives(length, self.options.match_len, self.options.branches)
 
     def observe(self, drafted: int, accepted: int) -> None:
         self.trackers[self._last_bucket].observe(drafted, accepted)
