@@ -230,6 +230,22 @@ class SuffixAutomaton:
         return self.tokens[end + 1 : min(doc_end, end + 1 + max(0, max_tokens))]
 
 
+def _most_frequent_path(sam: SuffixAutomaton, state: int, max_tokens: int) -> list[int]:
+    """Up to ``max_tokens`` tokens read off ``state`` by always taking the most frequent transition.
+
+    Each transition extends the matched string by one token; the target state holds matched + token,
+    so its count is that string's frequency.
+    """
+    out: list[int] = []
+    while len(out) < max_tokens:
+        best = sam.best_transition(state)
+        if best is None:
+            break
+        token, state = best
+        out.append(token)
+    return out
+
+
 class ReferenceMatcher:
     """Matches a growing token stream against static reference documents.
 
@@ -281,17 +297,7 @@ class ReferenceMatcher:
             length = sam.states[s].length
             if length < min_match:
                 return [], 0
-        # Each transition extends the matched string by one token; the target
-        # state holds matched + token, so its count is that string's frequency.
-        out: list[int] = []
-        while len(out) < max_tokens:
-            best = sam.best_transition(s)
-            if best is None:
-                break
-            token, s = best
-            out.append(token)
-        return out, length
-
+        return _most_frequent_path(sam, s, max_tokens), length
 
     def alternatives(self, max_tokens: int, min_match: int, n: int) -> list[list[int]]:
         """Up to ``n`` continuations of the current match other than :meth:`draft`'s: each starts with
@@ -307,17 +313,7 @@ class ReferenceMatcher:
                 return []
         states = sam.states
         ranked = sorted(states[s].next.items(), key=lambda kv: (-states[kv[1]].count, states[kv[1]].first_end))
-        out = []
-        for token, t in ranked[1 : n + 1]:
-            seq = [token]
-            while len(seq) < max_tokens:
-                best = sam.best_transition(t)
-                if best is None:
-                    break
-                tok, t = best
-                seq.append(tok)
-            out.append(seq)
-        return out
+        return [[token] + _most_frequent_path(sam, t, max_tokens - 1) for token, t in ranked[1 : n + 1]]
 
 
 class StreamMatcher:
