@@ -92,7 +92,8 @@ def test_window_shape_visibility_and_update():
     # (1, 2) sees row 0 columns 0..2 and itself; (0, 1) sees row 0 columns 0..1
     assert w.visibility()[5] == [0, 1, 2, 5] and w.visibility()[1] == [0, 1]
     row0 = list(w.rows[0])
-    grams = w.update([0, 0, 0, 30, 31, 32])
+    assert list(w.last_row()) == [3, 4, 5]  # only these nodes' logits are computed
+    grams = w.update([30, 31, 32])
     assert grams == [[row0[0], 20, 30], [row0[1], 21, 31], [row0[2], 22, 32]]
     assert w.rows == [[20, 21, 22], [30, 31, 32]]
 

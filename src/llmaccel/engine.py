@@ -235,7 +235,11 @@ class Decoder:
             ids, depth, block = self._step_inputs(tree, window)
             t2 = time.perf_counter()
             T = ids.shape[1]
-            logits = lm.forward(ids, pos, cache, keep=T, depth=depth, block=block)  # (1, T, V)
+            keep: int | torch.Tensor = T
+            if window is not None:  # logits of the tree's nodes and of the window's last row only
+                rows = [*range(len(tree)), *(len(tree) + i for i in window.last_row())]
+                keep = torch.tensor(rows, device=device)
+            logits = lm.forward(ids, pos, cache, keep=keep, depth=depth, block=block)  # (1, kept rows, V)
             targets = greedy_targets(logits[0])
             path, bonus = tree.accept(targets[: len(tree)])
             cache.keep_path(pos, [0, *path])

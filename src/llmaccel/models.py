@@ -160,7 +160,7 @@ class LoadedModel:
         ids: torch.Tensor,
         start: int,
         cache,
-        keep: int,
+        keep: int | torch.Tensor,
         *,
         depth: torch.Tensor | None = None,
         block: torch.Tensor | None = None,
@@ -170,13 +170,14 @@ class LoadedModel:
         Token i sits at position start + i, or at start + depth[i] in a tree step, where `block` (T, T)
         bool says which of the step's tokens each one sees (a tree: ancestors and itself; see
         lean.step_mask); None means a causal chain. Returns the logits of the last `keep` positions,
-        (1, keep, V).
+        (1, keep, V), or of the positions listed in `keep` when it is a 1-D index tensor.
         """
         T = ids.shape[1]
         slots = torch.arange(start, start + T, device=ids.device)  # (T,) cache entries written
         pos = slots if depth is None else depth.to(ids.device) + start  # (T,) positions
         if self.stack is not None:
-            return lean.forward(self.stack, ids[0], pos, start, cache, slice(T - keep, T), block)[None]
+            rows = slice(T - keep, T) if isinstance(keep, int) else keep
+            return lean.forward(self.stack, ids[0], pos, start, cache, rows, block)[None]
         out = self.model(
             input_ids=ids,
             position_ids=pos[None],

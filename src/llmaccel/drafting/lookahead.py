@@ -6,7 +6,8 @@ step every window token sees the root, row 0 up to its own column and its own co
 1..l, so the model's choice at (l, i) extends the trajectory of column i by one token. After the step
 each column yields an n-gram (rows 0..N-2 of the column, then the model's choice at the last row) for
 the pool, the rows move up, and the choices at the last row become the new last row. While fewer
-than N-1 rows exist (the first steps) the window only grows.
+than N-1 rows exist (the first steps) the window only grows. Only the last row's choices are used,
+so only its logits are computed.
 
 The pool maps a token to at most G continuations of N-1 tokens (least recently used dropped first).
 It also takes every n-gram of the references, the prompt and the output as they arrive, so one
@@ -101,13 +102,16 @@ class JacobiWindow:
                 out.append(list(range(i + 1)) + [r * W + i for r in range(1, l + 1)])
         return out
 
-    def update(self, choices: Sequence[int]) -> list[list[int]]:
-        """Take the model's choice at every node (same order as `tokens()`); returns the finished n-grams."""
-        W, L = self.width, len(self.rows)
-        last = list(choices[(L - 1) * W : L * W])
+    def last_row(self) -> range:
+        """Indices (in `tokens()` order) of the last row: the only nodes whose choices are used."""
+        return range((len(self.rows) - 1) * self.width, len(self.rows) * self.width)
+
+    def update(self, last: Sequence[int]) -> list[list[int]]:
+        """Take the model's choices at the last row's nodes; returns the finished n-grams."""
+        last = list(last)
         grams: list[list[int]] = []
-        if L == self.max_rows:
-            grams = [[row[i] for row in self.rows] + [last[i]] for i in range(W)]
+        if len(self.rows) == self.max_rows:
+            grams = [[row[i] for row in self.rows] + [last[i]] for i in range(self.width)]
             self.rows = self.rows[1:]
         self.rows.append(last)
         return grams
