@@ -115,12 +115,19 @@ def test_keep_path_compacts_the_cache():
 
 
 def test_gate_follows_the_gain_and_explores():
-    gate = WindowGate(DEFAULT_STEP_COST, explore_every=4, prior=0.0)
-    uses = [gate.use(1.0, 1, 20) for _ in range(12)]
-    assert uses == [False, False, False, True] * 3  # no gain: only the exploring steps
+    gate = WindowGate(DEFAULT_STEP_COST, explore_every=4, max_explore_every=16, prior=0.0)
+    uses = []
+    for _ in range(4 + 8 + 16 + 16):
+        uses.append(gate.use(1.0, 1, 20))
+        if uses[-1]:
+            gate.observe(0)  # the exploring step gained nothing: wait twice as long next time
+    assert [i for i, u in enumerate(uses) if u] == [3, 11, 27, 43]  # waits 4, 8, 16, then capped at 16
     for _ in range(20):
         gate.observe(3)
     assert gate.use(1.0, 1, 20)  # three extra tokens per step pay for 20 more tokens
+    gate._exploring = True
+    gate.observe(3)  # a paying exploration resets the wait
+    assert gate.wait == 4
 
 
 def test_flatten_places_the_window_after_the_tree():

@@ -123,30 +123,46 @@ class WindowGate:
     A step with only the reference draft is expected to commit `e` tokens at cost c(n); adding the
     window and candidates (m more tokens) commits `e + gain` at cost c(n + m), where `gain` is a running
     mean of the tokens the extra candidates added when they came along. Take them when that rate is
-    higher. When they have not come along for `explore_every` steps they come once, so `gain` follows
-    the text (code that repeats; prose that does not).
+    higher. When they have not come along for a while they come once, so `gain` follows the text (code
+    that repeats; prose that does not); each exploring step that finds them still not worth their cost
+    doubles the wait before the next (from `explore_every` up to `max_explore_every` steps), so on text
+    where the window never pays the exploring costs little.
     """
 
-    # explore_every, decay and prior are first choices, not tuned; `auto` came within 1-2% of the best
-    # method on all three benchmarks with them (BENCHMARKS.md, main table).
-    def __init__(self, step_cost: Sequence[float], explore_every: int = 8, decay: float = 0.8, prior: float = 0.5) -> None:
+    # explore_every, max_explore_every, decay and prior are first choices, not tuned; `auto` came within
+    # 1-3% of the best method on all three benchmarks with them (BENCHMARKS.md, main table).
+    def __init__(self, step_cost: Sequence[float], explore_every: int = 8, max_explore_every: int = 64,
+                 decay: float = 0.8, prior: float = 0.5) -> None:
         self.step_cost = step_cost
-        self.explore_every = explore_every
+        self.min_wait = explore_every
+        self.max_wait = max_explore_every
+        self.wait = explore_every
         self.decay = decay
         self.gain = prior
         self.idle = 0
+        self._exploring = False
+        self._threshold = 0.0  # the gain that would have made the last decision "worth it"
 
     def _cost(self, tokens: int) -> float:
         c = self.step_cost
         return c[min(tokens, len(c) - 1)] * max(1.0, tokens / (len(c) - 1))
 
     def use(self, expected: float, base_tokens: int, extra_tokens: int) -> bool:
-        worth = (expected + self.gain) / self._cost(base_tokens + extra_tokens) > expected / self._cost(base_tokens)
-        self.idle = 0 if worth else self.idle + 1
-        if self.idle >= self.explore_every:
+        c0, c1 = self._cost(base_tokens), self._cost(base_tokens + extra_tokens)
+        self._threshold = expected * (c1 / c0 - 1.0)  # (e + gain) / c1 > e / c0  <=>  gain > threshold
+        self._exploring = False
+        if self.gain > self._threshold:
             self.idle = 0
             return True
-        return worth
+        self.idle += 1
+        if self.idle >= self.wait:
+            self.idle = 0
+            self._exploring = True
+            return True
+        return False
 
     def observe(self, extra_accepted: int) -> None:
         self.gain = self.decay * self.gain + (1 - self.decay) * extra_accepted
+        if self._exploring:
+            paid = extra_accepted > self._threshold
+            self.wait = self.min_wait if paid else min(self.max_wait, 2 * self.wait)
