@@ -47,11 +47,11 @@ def _options(args) -> ReferenceOptions:
 def _lookahead(args) -> LookaheadOptions:
     base = LookaheadOptions()
     got = {}
-    for flag, field, lowest in (("window", "window", 1), ("ngram", "ngram", 2), ("pool_size", "pool_size", 1)):
-        v = getattr(args, flag, None)
+    for name, lowest in (("window", 1), ("ngram", 2), ("pool_size", 1)):
+        v = getattr(args, name, None)
         if v is not None and v < lowest:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least {lowest}, got {v}")
-        got[field] = v if v is not None else getattr(base, field)
+            raise UserError(f"--{name.replace('_', '-')} must be at least {lowest}, got {v}")
+        got[name] = v if v is not None else getattr(base, name)
     return LookaheadOptions(**got)
 
 
@@ -141,22 +141,18 @@ def cmd_bench(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be positive, got {args.limit}")
     samples = data.load_data(args.data, args.limit)
-    if args.sweep_lookahead:
-        from llmaccel.bench import lookahead_sweep
+    if args.sweep or args.sweep_lookahead:
+        from llmaccel.bench import lookahead_sweep, sweep
 
-        doc = lookahead_sweep.sweep(args.model, samples, args.max_new_tokens)
-        out = Path(args.json or "runs/lookahead-sweep.json")
-        png = lookahead_sweep.write(doc, out)
-        print(lookahead_sweep.table(doc))
-        print(f"wrote {out} and {png}", file=sys.stderr)
-        return 0
-    if args.sweep:
-        from llmaccel.bench import sweep
-
-        doc = sweep.sweep(args.model, samples, args.max_new_tokens, data_path=args.data)
-        out = Path(args.json or "runs/sweep.json")
-        png = sweep.write(doc, out)
-        print(sweep.table(doc))
+        if args.sweep_lookahead:
+            mod, default = lookahead_sweep, "runs/lookahead-sweep.json"
+            doc = lookahead_sweep.sweep(args.model, samples, args.max_new_tokens)
+        else:
+            mod, default = sweep, "runs/sweep.json"
+            doc = sweep.sweep(args.model, samples, args.max_new_tokens, data_path=args.data)
+        out = Path(args.json or default)
+        png = mod.write(doc, out)
+        print(mod.table(doc))
         print(f"wrote {out} and {png}", file=sys.stderr)
         return 0
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

@@ -175,7 +175,7 @@ class Decoder:
             self.pool = NgramPool(self.la.ngram, self.la.pool_size)
             for ref in self.references:
                 self.pool.add_text(ref)
-            self.pool.add_text(self.prompt)
+            self.pool.feed(self.prompt)
             self.window = JacobiWindow(self.la.window, self.la.ngram, self.prompt, self.la.seed)
             if self.method == "auto":
                 self.gate = WindowGate(self.drafter.step_cost)
@@ -192,8 +192,8 @@ class Decoder:
             tree.add(alt, max_nodes=MAX_STEP_TOKENS // 2)
         if self.window is None:
             return tree, draft, False
-        # The window sits at positions up to pos + W + N - 2: it must stay inside the context.
-        fits = pos + len(self.window) // self.window.width + self.window.width < self.lm.max_context
+        # The window's last node sits rows + W - 1 places after the root (at pos): inside the context.
+        fits = pos + len(self.window.rows) + self.window.width < self.lm.max_context
         use = fits and (self.gate is None or self.gate.use(
             expected_tokens(self.drafter.p, len(draft)), len(tree),
             self.la.pool_size * (self.la.ngram - 1) + len(self.window)))
@@ -267,8 +267,7 @@ class Decoder:
         if self.drafter:
             self.drafter.feed(taken)
         if self.pool:
-            stream = self.prompt + self.out
-            self.pool.add_text(stream, len(stream) - len(taken))
+            self.pool.feed(taken)
 
     def run(self) -> GenerationResult:
         for _ in self.events():

@@ -50,10 +50,13 @@ class PreallocatedLayer(DynamicLayer):
             self._grow(end)
         self._kbuf[:, :, self._len : end].copy_(key_states)
         self._vbuf[:, :, self._len : end].copy_(value_states)
-        self._len = end
-        self.keys = self._kbuf[:, :, :end]  # (B, H_kv, len, D), a view
-        self.values = self._vbuf[:, :, :end]
+        self._set_length(end)
         return self.keys, self.values
+
+    def _set_length(self, n: int) -> None:
+        self._len = n
+        self.keys = self._kbuf[:, :, :n]  # (B, H_kv, len, D), a view
+        self.values = self._vbuf[:, :, :n]
 
     def get_seq_length(self) -> int:
         return self._len
@@ -66,30 +69,23 @@ class PreallocatedLayer(DynamicLayer):
         return self._kbuf, self._vbuf
 
     def advance(self, T: int) -> None:
-        self._len += T
-        self.keys = self._kbuf[:, :, : self._len]
-        self.values = self._vbuf[:, :, : self._len]
+        self._set_length(self._len + T)
 
     def crop(self, tokens_to_remove: int) -> None:
         """Drop the last |tokens_to_remove| entries (transformers' convention: a negative count)."""
         if not self.is_initialized or tokens_to_remove == 0:
             return
-        self._len = max(0, self._len - abs(tokens_to_remove))
-        self.keys = self._kbuf[:, :, : self._len]
-        self.values = self._vbuf[:, :, : self._len]
+        self._set_length(max(0, self._len - abs(tokens_to_remove)))
 
     @torch.inference_mode()
     def keep_slots(self, start: int, slots: torch.Tensor) -> None:
         """Keep entries start + slots (ascending offsets) as entries start.. and drop everything after."""
         if not self.is_initialized:
             return
-        n = slots.shape[0]
-        idx = slots + start
+        idx = slots.to(self.device) + start
         for buf in (self._kbuf, self._vbuf):
-            buf[:, :, start : start + n] = buf.index_select(2, idx)  # gather first: sources may overlap
-        self._len = start + n
-        self.keys = self._kbuf[:, :, : self._len]
-        self.values = self._vbuf[:, :, : self._len]
+            buf[:, :, start : start + len(idx)] = buf.index_select(2, idx)  # gather first: sources may overlap
+        self._set_length(start + len(idx))
 
     def reset(self) -> None:
         self._len = 0
@@ -109,7 +105,6 @@ class KVCache(Cache):
             if drop > 0:
                 layer.crop(-drop)
 
-
     def keep_path(self, start: int, offsets: list[int]) -> None:
         """After a tree step written at entries start..: keep the entries at start + offsets (the root
         and the accepted path, ascending) as entries start.., forget the rest."""
@@ -118,7 +113,7 @@ class KVCache(Cache):
             return
         slots = torch.tensor(offsets)
         for layer in self.layers:
-            layer.keep_slots(start, slots.to(layer.device) if layer.is_initialized else slots)
+            layer.keep_slots(start, slots)
 
 
 def new_cache() -> KVCache:

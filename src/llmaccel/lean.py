@@ -139,29 +139,39 @@ def forward(
     keep: torch.Tensor | slice,  # which of the T rows need logits
     block: torch.Tensor | None = None,  # (T, T) bool visibility among the step's tokens; None = causal
 ) -> torch.Tensor:  # (rows kept, V) logits
-    T, D = ids.shape[0], stack.head_dim
-    hq, hkv = stack.n_heads, stack.n_kv_heads
+    T = ids.shape[0]
     cos, sin = stack.rotary(positions[None])  # (1, T, D) each
-    masks: dict[int | None, torch.Tensor | None] = {}
+    # one mask per window length (full layers: None), shared by the layers that use it
+    masks = {w: step_mask(start, positions, block, w) for w in {layer.window for layer in stack.layers}}
     h = F.embedding(ids, stack.embed)  # (T, H)
     if stack.native and T <= SKINNY_MAX_ROWS and _native_cache(cache, len(stack.layers)):
-        cos, sin = cos[0].contiguous(), sin[0].contiguous()  # (T, D)
-        for i, layer in enumerate(stack.layers):
-            if layer.window not in masks:
-                masks[layer.window] = step_mask(start, positions, block, layer.window)
-            kv = cache.layers[i]
-            kbuf, vbuf = kv.reserve(T)
-            skinny.llama_layer(h, layer.ln1, layer.qkv.packed, layer.qkv.n, layer.qkv.bias, layer.o.packed, layer.ln2,
-                               layer.gate_up.packed, layer.gate_up.n, layer.down.packed, cos, sin, kbuf, vbuf,
-                               start, masks[layer.window], hq, hkv, stack.eps, stack.scaling,
-                               stack.small_attention_max_t)
-            kv.advance(T)
-        h = F.rms_norm(h[keep], h.shape[-1:], stack.norm, stack.eps)  # (rows kept, H)
-        return stack.head(h)  # (rows kept, V)
-    cos, sin = cos[0, :, None], sin[0, :, None]  # (T, 1, D): broadcast over heads
+        _native_layers(stack, h, cos[0].contiguous(), sin[0].contiguous(), start, cache, masks)
+    else:
+        h = _python_layers(stack, h, cos[0, :, None], sin[0, :, None], cache, masks)
+    h = F.rms_norm(h[keep], h.shape[-1:], stack.norm, stack.eps)  # (rows kept, H)
+    return stack.head(h)  # (rows kept, V)
+
+
+def _native_layers(stack: Stack, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, cache,
+                   masks: dict) -> None:
+    """Every layer in C++, in place on h (T, H); cos, sin (T, D)."""
+    T = h.shape[0]
     for i, layer in enumerate(stack.layers):
-        if layer.window not in masks:
-            masks[layer.window] = step_mask(start, positions, block, layer.window)
+        kv = cache.layers[i]
+        kbuf, vbuf = kv.reserve(T)
+        skinny.llama_layer(h, layer.ln1, layer.qkv.packed, layer.qkv.n, layer.qkv.bias, layer.o.packed, layer.ln2,
+                           layer.gate_up.packed, layer.gate_up.n, layer.down.packed, cos, sin, kbuf, vbuf,
+                           start, masks[layer.window], stack.n_heads, stack.n_kv_heads, stack.eps, stack.scaling,
+                           stack.small_attention_max_t)
+        kv.advance(T)
+
+
+def _python_layers(stack: Stack, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache,
+                   masks: dict) -> torch.Tensor:
+    """Every layer through torch ops, as transformers' modules compute it; cos, sin (T, 1, D)."""
+    T, D = h.shape[0], stack.head_dim
+    hq, hkv = stack.n_heads, stack.n_kv_heads
+    for i, layer in enumerate(stack.layers):
         x = F.rms_norm(h, h.shape[-1:], layer.ln1, stack.eps)
         qk, v = layer.qkv(x).split([(hq + hkv) * D, hkv * D], dim=-1)  # (T, (Hq+Hkv) D), (T, Hkv D)
         qk = qk.view(T, hq + hkv, D)
@@ -175,5 +185,4 @@ def forward(
         x = F.rms_norm(h, h.shape[-1:], layer.ln2, stack.eps)
         gate, up = layer.gate_up(x).chunk(2, dim=-1)  # (T, I) each
         h = h + layer.down(F.silu(gate) * up)
-    h = F.rms_norm(h[keep], h.shape[-1:], stack.norm, stack.eps)  # (rows kept, H)
-    return stack.head(h)  # (rows kept, V)
+    return h

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmaccel.bench.data import Sample
-from llmaccel.bench.sweep import pyplot, save, timed_grid
+from llmaccel.bench.sweep import pyplot, rates, save, timed_grid
 from llmaccel.drafting.lookahead import LookaheadOptions
 
 WINDOWS = (1, 2, 4, 8)
@@ -27,15 +27,11 @@ def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, windows=W
     options += [(f"W{w}N{n}G{g}", "lookahead", LookaheadOptions(window=w, ngram=n, pool_size=g))
                 for w in windows for n in ngrams for g in pools]
     settings = [(name, {"method": method, "lookahead": la}) for name, method, la in options]
-    totals = timed_grid(lm, samples, settings, max_new_tokens, desc="lookahead sweep", progress=progress)
-    base = totals["greedy"]["tokens"] / totals["greedy"]["decode_s"]
-    grid = []
-    for name, _, la in options:
-        t = totals[name]
-        rate = t["tokens"] / t["decode_s"]
-        grid.append({"setting": name, "window": la.window if la else None, "ngram": la.ngram if la else None,
-                     "pool_size": la.pool_size if la else None, "decode_tokens_per_s": rate,
-                     "speedup_vs_greedy": rate / base, "tokens_per_step": t["tokens"] / t["steps"], **t})
+    measured = rates(timed_grid(lm, samples, settings, max_new_tokens, desc="lookahead sweep", progress=progress))
+    grid = [{"setting": name, "window": la.window if la else None, "ngram": la.ngram if la else None,
+             "pool_size": la.pool_size if la else None,
+             "tokens_per_step": measured[name]["tokens"] / measured[name]["steps"], **measured[name]}
+            for name, _, la in options]
     return {"model": model_name, "samples": len(samples), "max_new_tokens": max_new_tokens, "timed": grid}
 
 

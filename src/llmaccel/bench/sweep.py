@@ -49,6 +49,16 @@ def timed_grid(lm, samples: list[Sample], settings: list[tuple[str, dict]], max_
     return totals
 
 
+def rates(totals: dict[str, dict]) -> dict[str, dict]:
+    """Per setting: its totals plus decode tokens/s and the speedup over the "greedy" setting."""
+    base = totals["greedy"]["tokens"] / totals["greedy"]["decode_s"]
+    out = {}
+    for name, t in totals.items():
+        rate = t["tokens"] / t["decode_s"]
+        out[name] = {"decode_tokens_per_s": rate, "speedup_vs_greedy": rate / base, **t}
+    return out
+
+
 def save(doc: dict, out: Path, fig) -> Path:
     """OUT.json and the figure beside it as PNG."""
     import matplotlib.pyplot as plt
@@ -80,15 +90,10 @@ def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, data_path
     options += [(f"m{m}c{c}", ReferenceOptions(match_len=m, copy_len=c, adaptive=False))
                 for m in match_lens for c in copy_lens]
     settings = [(name, {"method": "greedy"} if o is None else {"method": "reference", "options": o}) for name, o in options]
-    totals = timed_grid(lm, samples, settings, max_new_tokens, progress=progress)
-    base = totals["greedy"]["tokens"] / totals["greedy"]["decode_s"]
-    grid = []
-    for name, opts in options:
-        t = totals[name]
-        rate = t["tokens"] / t["decode_s"]
-        grid.append({"setting": name, "match_len": opts.match_len if opts else None,
-                     "copy_len": opts.copy_len if opts else None, "adaptive": bool(opts and opts.adaptive),
-                     "decode_tokens_per_s": rate, "speedup_vs_greedy": rate / base, **t})
+    measured = rates(timed_grid(lm, samples, settings, max_new_tokens, progress=progress))
+    grid = [{"setting": name, "match_len": opts.match_len if opts else None,
+             "copy_len": opts.copy_len if opts else None, "adaptive": bool(opts and opts.adaptive), **measured[name]}
+            for name, opts in options]
     doc = {"model": model_name, "samples": len(samples), "max_new_tokens": max_new_tokens, "timed": grid}
     if data_path:
         doc["forced_steps"] = step_grid(lm.tokenizer, data_path, match_lens, copy_lens, limit=len(samples))

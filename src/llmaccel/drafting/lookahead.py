@@ -45,6 +45,7 @@ class NgramPool:
         self.n = n
         self.per_key = per_key
         self.table: dict[int, OrderedDict[tuple[int, ...], None]] = {}
+        self._tail: list[int] = []  # the last N-1 tokens of the stream fed so far (see `feed`)
 
     def add(self, ngram: Sequence[int]) -> None:
         """Add one n-gram of exactly N tokens (a repeat becomes the most recent)."""
@@ -58,10 +59,17 @@ class NgramPool:
             slot.popitem(last=False)
 
     def add_text(self, tokens: Sequence[int], start: int = 0) -> None:
-        """Add every n-gram of `tokens` that ends at index >= start + N - 1 (new text only)."""
+        """Add every n-gram of `tokens` that ends at index >= start (new text only)."""
         n = self.n
         for i in range(max(0, start - n + 1), len(tokens) - n + 1):
             self.add(tokens[i : i + n])
+
+    def feed(self, tokens: Sequence[int]) -> None:
+        """Append tokens to one running stream (the prompt, then the output) and add its new n-grams,
+        those that end in `tokens`, without keeping the whole stream."""
+        text = self._tail + list(tokens)
+        self.add_text(text, len(self._tail))
+        self._tail = text[-(self.n - 1) :]
 
     def candidates(self, key: int) -> list[tuple[int, ...]]:
         """Continuations of `key`, most recent first."""
