@@ -26,6 +26,8 @@
 #include <limits>
 #include <vector>
 
+#include "vec.h"
+
 torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
                             const c10::optional<torch::Tensor>& bias_in);
 
@@ -69,56 +71,6 @@ void rope(float* v, int64_t heads, int64_t D, const float* c, const float* s) {
 // KV head and all T queries: every key and value is read once, and the chunks keep both cores busy.
 // Softmax per chunk with its own max, chunks merged exactly (flash-decoding). exp is a Cephes-style
 // polynomial (~1 ulp) on vectors.
-
-#if defined(__AVX512F__)
-constexpr int AVL = 16;
-#elif defined(__AVX__)
-constexpr int AVL = 8;
-#else
-constexpr int AVL = 4;
-#endif
-typedef float avec __attribute__((vector_size(AVL * 4)));
-typedef int32_t aivec __attribute__((vector_size(AVL * 4)));
-
-inline avec aload(const float* p) {
-  avec v;
-  __builtin_memcpy(&v, p, sizeof(avec));
-  return v;
-}
-inline void astore(float* p, avec v) { __builtin_memcpy(p, &v, sizeof(avec)); }
-inline avec splat(float x) { return avec{} + x; }
-
-inline float hsum(avec v) {
-#if defined(__AVX512F__)
-  return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v));
-#else
-  float s = 0;
-  for (int i = 0; i < AVL; ++i) s += v[i];
-  return s;
-#endif
-}
-
-// exp on each lane; inputs below -87 give 0 (softmax weights that small do not matter in fp32).
-inline avec vexp(avec x) {
-  const avec tiny = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
-  x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  x = x > splat(88.0f) ? splat(88.0f) : x;
-  avec fx = x * splat(1.44269504088896341f) + splat(0.5f);
-  avec n = __builtin_convertvector(__builtin_convertvector(fx, aivec), avec);  // trunc
-  n = n > fx ? n - splat(1.0f) : n;                                            // floor(x / ln2 + 1/2)
-  const avec r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
-  avec p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
-  const aivec bits = (__builtin_convertvector(n, aivec) + 127) << 23;  // 2^n
-  avec scale;
-  __builtin_memcpy(&scale, &bits, sizeof(scale));
-  return p * scale * tiny;
-}
 
 inline float dot(const float* a, const float* b, int64_t D) {
   if (D % AVL == 0) {

@@ -28,10 +28,12 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["available", "linear", "llama_layer", "pack", "panel_width"]
+__all__ = ["available", "linear", "llama_layer", "pack", "panel_width", "sparse_attention"]
 
 _SRC = Path(__file__).with_name("skinny_gemm.cpp")
-_SOURCES = [_SRC, Path(__file__).with_name("decoder_layer.cpp")]  # one extension: the layer calls the GEMM
+# one extension: the layer calls the GEMM; sparse prefill attention rides along (one build, one cache entry)
+_SOURCES = [_SRC, Path(__file__).with_name("decoder_layer.cpp"), Path(__file__).with_name("sparse_attention.cpp")]
+_HEADER = Path(__file__).with_name("vec.h")  # included by the sources; part of the build's hash
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # no -ffast-math: IEEE fp32
 _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
 
@@ -57,7 +59,7 @@ def _build():
         raise RuntimeError("no C++ compiler found")
     if not cpp_extension.is_ninja_available():
         raise RuntimeError("ninja is not available (pip install ninja)")
-    src = b"".join(f.read_bytes() for f in _SOURCES)
+    src = b"".join(f.read_bytes() for f in [*_SOURCES, _HEADER])
     key = hashlib.sha256(
         src + " ".join(_CFLAGS + _LDFLAGS).encode() + _cpu_fingerprint().encode() + torch.__version__.encode()
     ).hexdigest()[:12]
@@ -131,6 +133,11 @@ def linear(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | N
     Shape errors raise ValueError. Checks and reshapes happen in C++: the call costs ~1 us of Python.
     """
     return (_ext or _load()).linear(x, packed, n, bias)
+
+
+def sparse_attention(*args) -> list[torch.Tensor]:
+    """Causal attention over the keys a sparse index selects (sparse_attention.cpp has the contract)."""
+    return (_ext or _load()).sparse_attention(*args)
 
 
 def llama_layer(*args) -> None:

@@ -249,9 +249,17 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
                  int64_t start, const c10::optional<torch::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
                  double scaling, int64_t small_attention_max_t);
 
+// sparse_attention.cpp
+std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                                            const torch::Tensor& cols, const torch::Tensor& col_ptr,
+                                            const torch::Tensor& bands, const torch::Tensor& band_ptr,
+                                            const torch::Tensor& blocks, const torch::Tensor& block_ptr,
+                                            int64_t bs, double scale, int64_t window);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny_linear, "y = x @ W^T + b with W packed in panels (see skinny.py)");
   m.def("llama_layer", &llama_layer, "one Llama-family decoder layer for a decoding step, in place (see lean.py)");
+  m.def("sparse_attention", &sparse_attention, "causal attention over selected keys per query block (see sparse/kernels.py)");
   m.def("panel_width", &panel_width, "NB: output features per packed panel");
   m.def("row_block", &row_block, "MR: rows of x per register tile");
   m.def("isa", &isa, "vector ISA the kernel was compiled for");
