@@ -63,12 +63,14 @@ def generate(
     chat: bool = False,
     options: ReferenceOptions | None = None,
     lookahead: LookaheadOptions | None = None,
+    sparse_prefill: bool = False,
 ) -> GenerationResult:
     """Greedy decoding of `prompt` (text or token ids), accelerated by `method` (greedy, reference,
-    lookahead, auto); the output equals plain greedy decoding."""
+    lookahead, auto); the output equals plain greedy decoding. `sparse_prefill=True` prefills long
+    prompts with sparse attention (MInference's patterns): faster, approximate, off by default."""
     return _decoder(
         lm, prompt, references, chat, method=method, max_new_tokens=max_new_tokens, stop_strings=stop,
-        options=options, lookahead=lookahead,
+        options=options, lookahead=lookahead, sparse_prefill=sparse_prefill,
     ).run()
 
 

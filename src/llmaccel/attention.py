@@ -30,6 +30,9 @@ def grouped_attention(
     is_causal: bool | None = None,
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
+    prefill = kwargs.get("llmaccel_prefill")  # a sparse.prefill.SparsePrefill, for a fresh prompt only
+    if prefill is not None:
+        return prefill.attend(module.layer_idx, query, key, value, scaling, kwargs.get("sliding_window")), None
     if kwargs.get("softcap") is not None:
         raise ValueError("attention logit softcapping is not supported by llmaccel's attention")
     T, S = query.shape[2], key.shape[2]

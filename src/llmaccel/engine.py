@@ -62,6 +62,7 @@ class GenerationResult:
     stop_reason: str  # "eos" | "length" | "stop_string" | "context"
     method: str
     step_stats: list[StepStat] = field(default_factory=list, repr=False)
+    prefill_density: float = 1.0  # share of causal query-key pairs prefill scored (< 1: sparse prefill, approximate)
 
     @property
     def drafted(self) -> int:
@@ -143,7 +144,10 @@ class Decoder:
         stop_strings: Sequence[str] = (),
         options: ReferenceOptions | None = None,
         lookahead: LookaheadOptions | None = None,
+        sparse_prefill: bool = False,
     ) -> None:
+        """`sparse_prefill`: prefill long prompts with sparse attention (approximate; the model's pattern
+        config decides from which length); decoding and verification stay exact."""
         if method not in METHODS:
             raise GenerationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         _check_inputs(lm, prompt_ids, max_new_tokens)
@@ -165,6 +169,8 @@ class Decoder:
         self.stats: list[StepStat] = []
         self.prefill_s = 0.0
         self.decode_s = 0.0
+        self.sparse_prefill = sparse_prefill
+        self.prefill_density = 1.0
 
     def _start_drafting(self) -> None:
         if self.method == "greedy":
@@ -220,7 +226,10 @@ class Decoder:
         cache = lm.new_cache()
         t0 = time.perf_counter()
         self._start_drafting()  # indexing the references and the prompt counts as prefill time
-        logits = lm.forward(torch.tensor([self.prompt], device=device), 0, cache, keep=1)  # (1, 1, V)
+        sparse = lm.sparse_prefill(len(self.prompt)) if self.sparse_prefill else None
+        logits = lm.forward(torch.tensor([self.prompt], device=device), 0, cache, keep=1, prefill=sparse)  # (1, 1, V)
+        if sparse is not None:
+            self.prefill_density = sparse.density
         first = greedy_targets(logits[0])[0]
         self.prefill_s = time.perf_counter() - t0
         pos = len(self.prompt)  # entries in the cache; the last committed token is not among them yet
@@ -283,6 +292,7 @@ class Decoder:
             stop_reason="context" if self.stop.reason == "length" and self.context_bound else self.stop.reason,
             method=self.method,
             step_stats=self.stats,
+            prefill_density=self.prefill_density,
         )
 
 

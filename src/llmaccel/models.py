@@ -24,6 +24,9 @@ from llmaccel.kernels import skinny
 from llmaccel.kv import new_cache
 from llmaccel.paths import cache_dir
 from llmaccel.linear import pack_linears
+from llmaccel.memory import keep_freed_memory
+from llmaccel.sparse.config import SparseConfig, shipped, uniform
+from llmaccel.sparse.prefill import SparsePrefill
 
 log = logging.getLogger(__name__)
 
@@ -142,6 +145,7 @@ class LoadedModel:
     eos_token_ids: tuple[int, ...]
     max_context: int
     stack: lean.Stack | None = None  # the lean forward's weights (Llama family), None = transformers' modules
+    sparse_config: SparseConfig | None = None  # sparse prefill patterns; None = shipped config or fallback
 
     @property
     def device(self) -> torch.device:
@@ -164,20 +168,31 @@ class LoadedModel:
         *,
         depth: torch.Tensor | None = None,
         block: torch.Tensor | None = None,
+        prefill: SparsePrefill | None = None,
     ) -> torch.Tensor:
         """Run `ids` (1, T) on top of `cache` (which holds `start` entries); the cache grows by T entries.
 
         Token i sits at position start + i, or at start + depth[i] in a tree step, where `block` (T, T)
         bool says which of the step's tokens each one sees (a tree: ancestors and itself; see
         lean.step_mask); None means a causal chain. Returns the logits of the last `keep` positions,
-        (1, keep, V), or of the positions listed in `keep` when it is a 1-D index tensor.
+        (1, keep, V), or of the positions listed in `keep` when it is a 1-D index tensor. `prefill`
+        (from `sparse_prefill`) computes the attention of a fresh prompt sparsely.
         """
+        if prefill is not None and (start != 0 or block is not None or depth is not None):
+            raise ValueError("sparse prefill is for a fresh prompt (start 0, causal) only")
         T = ids.shape[1]
         slots = torch.arange(start, start + T, device=ids.device)  # (T,) cache entries written
         pos = slots if depth is None else depth.to(ids.device) + start  # (T,) positions
         if self.stack is not None:
             rows = slice(T - keep, T) if isinstance(keep, int) else keep
-            return lean.forward(self.stack, ids[0], pos, start, cache, rows, block)[None]
+            return lean.forward(self.stack, ids[0], pos, start, cache, rows, block, prefill)[None]
+        masks = None if block is None else self._step_masks(start, pos, block)
+        extra = {}
+        if prefill is not None:
+            extra["llmaccel_prefill"] = prefill  # reaches attention.grouped_attention through the model's kwargs
+            types = set(getattr(self.model.config.get_text_config(), "layer_types", None) or [])
+            if len(types) > 1:
+                masks = {t: None for t in types}  # the kernel masks causal and windows itself: no n x n masks
         out = self.model(
             input_ids=ids,
             position_ids=pos[None],
@@ -185,9 +200,25 @@ class LoadedModel:
             past_key_values=cache,
             use_cache=True,
             logits_to_keep=keep,
-            attention_mask=None if block is None else self._step_masks(start, pos, block),
+            attention_mask=masks,
+            **extra,
         )
         return out.logits  # (1, keep, V)
+
+    def sparse_prefill(self, prompt_tokens: int) -> SparsePrefill | None:
+        """Sparse attention for a prefill of `prompt_tokens`, or None where dense is the better choice
+        (a prompt shorter than the config's `min_tokens`, or a device without the CPU kernel)."""
+        cfg = self.model.config.get_text_config()
+        if self.sparse_config is None:
+            self.sparse_config = shipped(self.name) or uniform(cfg.num_hidden_layers, cfg.num_attention_heads)
+            self.sparse_config.check(cfg.num_hidden_layers, cfg.num_attention_heads)
+        if prompt_tokens < self.sparse_config.min_tokens:
+            return None
+        if self.device.type != "cpu" or not skinny.available():
+            log.warning("sparse prefill needs its C++ CPU kernel (%s); prefilling densely",
+                        "not on the CPU" if self.device.type != "cpu" else "it did not build")
+            return None
+        return SparsePrefill(self.sparse_config)
 
     def _step_masks(self, start: int, pos: torch.Tensor, block: torch.Tensor):
         """A tree step's masks in the form transformers takes as given (it builds none of its own):
@@ -339,6 +370,7 @@ def load(
     `pack=True` re-lays the linear weights for the fast GEMM path (see linear.py); the outputs of
     greedy decoding are unchanged (tested).
     """
+    keep_freed_memory()
     model, tokenizer = load_reference_model(name_or_path, device)
     return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu", lean_forward=lean_forward)
 

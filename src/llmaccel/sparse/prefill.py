@@ -1,0 +1,72 @@
+"""Sparse attention for one prefill: what the model adapter calls in place of dense attention.
+
+Approximate: full-attention layers compute only the keys their heads' patterns select (see
+patterns.py), so the prompt's KV cache and the first token can differ from dense prefill. Sliding-
+window layers (Gemma-3's local layers) compute their window exactly: the kernel never visits keys
+outside it, where SDPA with a mask still does the n^2 work. Decode and verification steps never come
+here; they stay dense and exact.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from llmaccel.sparse.config import SparseConfig
+from llmaccel.sparse.kernels import dense_attention, sparse_attention
+from llmaccel.sparse.patterns import SparseIndex, build_index
+
+log = logging.getLogger(__name__)
+
+
+def window_index(n_heads: int, window: int) -> SparseIndex:
+    """Every head: a band of the `window` nearest keys (the kernel's window mask makes it exact)."""
+    zeros = torch.zeros(n_heads + 1, dtype=torch.int64)
+    return SparseIndex(
+        cols=torch.zeros(0, dtype=torch.int64),
+        col_ptr=zeros,
+        bands=torch.tensor([[0, window - 1]] * n_heads, dtype=torch.int64),
+        band_ptr=torch.arange(n_heads + 1, dtype=torch.int64),
+        blocks=torch.zeros(0, dtype=torch.int64),
+        block_ptr=torch.zeros(0, dtype=torch.int64),
+    )
+
+
+class SparsePrefill:
+    """Per-layer attention for one prefill; counts the query-key pairs it scored against dense."""
+
+    def __init__(self, config: SparseConfig, dense_full: bool = False) -> None:
+        """`dense_full`: full-attention layers dense (SDPA), only sliding windows run in the kernel; exact
+        up to fp32 rounding, to tell the windows' share of a speedup from the patterns'."""
+        self.config = config
+        self.dense_full = dense_full
+        self.computed = 0  # query-key pairs scored (masked ones in computed blocks included)
+        self.dense = 0  # pairs causal dense attention scores
+
+    def attend(
+        self,
+        layer: int,
+        q: torch.Tensor,  # (1, H, T, D) after RoPE
+        k: torch.Tensor,  # (1, Hkv, T, D)
+        v: torch.Tensor,  # (1, Hkv, T, D)
+        scaling: float,
+        window: int | None,  # sliding-window layer: its window; None = full attention
+    ) -> torch.Tensor:  # (1, T, H, D)
+        H, T = q.shape[1], q.shape[2]
+        if window is not None and window < T:
+            index = window_index(H, window)
+        elif self.dense_full:
+            self.computed += H * T * (T + 1) // 2
+            self.dense += H * T * (T + 1) // 2
+            return dense_attention(q[0], k[0], v[0], scaling).transpose(0, 1).contiguous()[None]
+        else:
+            index = build_index(list(self.config.layers[layer]), q[0], k[0], scaling)
+        out, _, computed = sparse_attention(q[0], k[0], v[0], index, scaling, window or 0)  # (H, T, D)
+        self.computed += int(computed.sum())
+        self.dense += H * T * (T + 1) // 2
+        return out.transpose(0, 1).contiguous()[None]
+
+    @property
+    def density(self) -> float:
+        return self.computed / self.dense if self.dense else 1.0
