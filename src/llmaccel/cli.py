@@ -1,4 +1,5 @@
-"""The `llmaccel` command: generate, steps, bench, demo. User errors print one line and exit 2."""
+"""The `llmaccel` command: generate, steps, bench, cost, demo, search-patterns, bench-prefill.
+User errors print one line and exit 2."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import logging
 import sys
 from pathlib import Path
 
+from llmaccel.bench.data import LLMA_DIR
 from llmaccel.drafting.lookahead import LookaheadOptions
 from llmaccel.drafting.reference import ReferenceOptions
 from llmaccel.engine import METHODS
@@ -92,6 +94,7 @@ def cmd_generate(args) -> int:
     result = llmaccel.generate(
         lm, prompt, references=refs, method=args.method, max_new_tokens=args.max_new_tokens,
         stop=args.stop, chat=args.chat, options=_options(args), lookahead=_lookahead(args),
+        sparse_prefill=args.sparse_prefill,
     )
     if args.json:
         print(json.dumps({
@@ -99,7 +102,7 @@ def cmd_generate(args) -> int:
             "prompt_tokens": result.prompt_tokens, "steps": result.steps, "stop_reason": result.stop_reason,
             "prefill_s": result.prefill_s, "decode_s": result.decode_s, "total_s": result.total_s,
             "decode_tokens_per_s": result.decode_tokens_per_s, "drafted": result.drafted,
-            "accepted": result.accepted, "lookup_s": result.lookup_s,
+            "accepted": result.accepted, "lookup_s": result.lookup_s, "prefill_density": result.prefill_density,
         }))
     else:
         print(result.text)
@@ -190,6 +193,51 @@ def cmd_cost(args) -> int:
     return 0
 
 
+def cmd_search_patterns(args) -> int:
+    """Per layer and head, the sparse pattern with the best recall at each budget, on real long text."""
+    import llmaccel
+    from llmaccel.bench.data import long_text
+    from llmaccel.sparse import search
+
+    try:
+        budgets = tuple(int(b) for b in args.budgets.split(",") if b.strip()) if args.budgets else search.BUDGETS
+    except ValueError:
+        raise UserError(f"--budgets must be comma-separated integers, got {args.budgets!r}") from None
+    if not budgets or min(budgets) < 64:
+        raise UserError("--budgets must be keys per query, each at least 64 (e.g. 512,1024,2048,4096)")
+    if not 0 < args.recall <= 1:
+        raise UserError(f"--recall must be in (0, 1], got {args.recall}")
+    lm = llmaccel.load(args.model)
+    tokens = args.tokens or min(lm.max_context, 8192)
+    if tokens < 1024 or tokens > lm.max_context:
+        raise UserError(f"--tokens must be between 1024 and the model's context ({lm.max_context})")
+    ids = search.retrieval_prompt(lm.tokenizer, long_text(tokens * 6, args.data_dir), tokens)
+    config = search.search(lm, ids, budgets, args.recall, min_tokens=args.min_tokens)
+    out = Path(args.out) if args.out else Path("runs") / f"patterns-{Path(args.model).stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config.save(out)
+    print(json.dumps({"kinds": config.search["kinds"], "mean_recall": config.search["mean_recall"],
+                      "tokens": tokens}))
+    print(f"wrote {out} (copy it to src/llmaccel/sparse/configs/<alias>.json to ship it)", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_prefill(args) -> int:
+    """Sparse prefill vs dense: kernel time and recall, prefill time, needle grid, perplexity."""
+    from llmaccel.bench import prefill
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise UserError("--models needs at least one model")
+    doc = prefill.bench_prefill(models, args.quick, Path(args.data_dir))
+    if not doc["kernel"]:
+        raise UserError(f"none of the models could be loaded: {', '.join(models)}")
+    paths = prefill.write(doc, Path(args.json))
+    print(prefill.table(doc))
+    print("wrote " + " and ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
 def cmd_demo(args) -> int:
     from llmaccel.bench import demo
 
@@ -212,6 +260,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     g.add_argument("--json", action="store_true", help="print token ids, text, steps and timings as JSON")
     g.add_argument("--no-guard", action="store_true", help="always draft in full (no cost/acceptance guard)")
+    g.add_argument("--sparse-prefill", action="store_true",
+                   help="prefill long prompts with sparse attention (faster, APPROXIMATE; decoding stays exact)")
     _add_model(g)
     _add_reference_options(g)
     _add_lookahead_options(g)
@@ -245,6 +295,24 @@ def parser() -> argparse.ArgumentParser:
     _add_model(c)
     c.set_defaults(func=cmd_cost)
 
+    sp = sub.add_parser("search-patterns", help="search sparse prefill patterns per layer and head (writes a JSON config)")
+    sp.add_argument("--tokens", type=int, help="length of the real text searched on (default: min(context, 8192))")
+    sp.add_argument("--budgets", help="keys per query, comma-separated (default 512,1024,2048,4096)")
+    sp.add_argument("--recall", type=float, default=0.95, help="recall a head's pattern should reach (default 0.95)")
+    sp.add_argument("--min-tokens", type=int, help="prompt length from which sparse prefill is used")
+    sp.add_argument("--out", help="OUT.json (default runs/patterns-<model>.json)")
+    sp.add_argument("--data-dir", default=str(LLMA_DIR), help="folder with the LLMA .jsonl files (long text)")
+    _add_model(sp)
+    sp.set_defaults(func=cmd_search_patterns)
+
+    bp = sub.add_parser("bench-prefill", help="sparse vs dense prefill: kernel, prefill, needle, perplexity")
+    bp.add_argument("--json", required=True, help="OUT.json (the needle heatmap PNG is written beside it)")
+    bp.add_argument("--quick", action="store_true", help="short lengths only (~10 minutes on 2 cores)")
+    bp.add_argument("--models", default="smollm2-135m,gemma3-270m",
+                    help="comma-separated; models that are not installed are skipped (accuracy runs on the first)")
+    bp.add_argument("--data-dir", default=str(LLMA_DIR), help="folder with the LLMA .jsonl files (long text)")
+    bp.set_defaults(func=cmd_bench_prefill)
+
     d = sub.add_parser("demo", help="reference decoding vs greedy on a RAG example, with the speedup")
     _add_model(d)
     d.set_defaults(func=cmd_demo)
@@ -257,10 +325,11 @@ def main(argv: list[str] | None = None) -> int:
     from llmaccel.bench.data import DataError
     from llmaccel.engine import GenerationError
     from llmaccel.models import ModelLoadError
+    from llmaccel.sparse.config import SparseConfigError
 
     try:
         return args.func(args)
-    except (UserError, GenerationError, ModelLoadError, DataError) as exc:
+    except (UserError, GenerationError, ModelLoadError, DataError, SparseConfigError) as exc:
         print(f"llmaccel: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

@@ -81,3 +81,41 @@ def load_humaneval(limit: int | None = None) -> list[Sample]:
 def load_data(name_or_path: str, limit: int | None = None) -> list[Sample]:
     """`humaneval`, or an LLMA .jsonl file."""
     return load_humaneval(limit) if name_or_path == HUMANEVAL else load_rows(name_or_path, limit)
+
+
+LLMA_DIR = Path("../shared/data/llma")  # where the paper authors' rows lie next to a checkout
+
+
+def long_text(min_chars: int, llma_dir: str | Path = LLMA_DIR) -> str:
+    """Real long text for long-prompt benchmarks, offline: the CNN/DM articles and RAG documents of the
+    LLMA files in `llma_dir` (each once, in file order; skipped if the folder is absent), then Python's
+    own documentation (the docstrings of the standard library's modules) if more is needed. Raises
+    DataError if all of it is shorter."""
+    import ast
+    import sysconfig
+
+    parts: list[str] = []
+    seen: set[str] = set()
+    size = 0
+    for name in ("cnndm.dev.jsonl", "rag.dev.jsonl"):
+        if not (Path(llma_dir) / name).is_file():
+            continue
+        for sample in load_rows(Path(llma_dir) / name):
+            for doc in sample.references:
+                if doc not in seen:
+                    seen.add(doc)
+                    parts.append(doc.strip())
+                    size += len(doc)
+            if size >= min_chars:
+                return "\n\n".join(parts)
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        try:
+            doc = ast.get_docstring(ast.parse(path.read_text(encoding="utf-8")))
+        except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        if doc and len(doc) > 200:
+            parts.append(doc.strip())
+            size += len(doc)
+            if size >= min_chars:
+                return "\n\n".join(parts)
+    raise DataError(f"only {size} characters of long text available offline, {min_chars} wanted")
