@@ -261,7 +261,7 @@ def heatmap(needle: dict, path: Path) -> Path:
     for ax, mode in zip(axes, ("dense", "sparse")):
         grid = torch.tensor(needle[mode]["grid"], dtype=torch.float32).T  # (depths, lengths)
         ax.imshow(grid.numpy(), cmap="RdYlGn", vmin=0, vmax=1, aspect="auto", origin="upper")
-        ax.set_xticks(range(len(needle["lengths"])), [f"{n // 1024}k" if n >= 1024 else str(n) for n in needle["lengths"]])
+        ax.set_xticks(range(len(needle["lengths"])), [f"{n / 1000:.0f}k" if n >= 1000 else str(n) for n in needle["lengths"]])
         ax.set_yticks(range(len(needle["depths"])), [f"{d:.0%}" for d in needle["depths"]])
         ax.set_xlabel("context length (tokens)")
         ax.set_title(f"{mode} prefill: {needle[mode]['accuracy']:.0%} found")
