@@ -267,3 +267,14 @@ def test_sparse_prefill_refuses_a_non_fresh_step():
     lm.forward(torch.tensor([[1, 2, 3]]), 0, cache, keep=1)
     with pytest.raises(ValueError, match="fresh prompt"):
         lm.forward(torch.tensor([[4]]), 3, cache, keep=1, prefill=SparsePrefill(uniform(2, 4)))
+
+
+def test_dense_is_cheaper_caps_early_queries():
+    from llmaccel.sparse.prefill import dense_is_cheaper, nominal_keys
+
+    assert nominal_keys(HeadPattern("block_sparse", 8)) == 512
+    wide, narrow = [HeadPattern("a_shape", 64, 4000)] * 3, [HeadPattern("block_sparse", 8)] * 3
+    assert dense_is_cheaper(wide, 8192)  # ~4.1k keys per query capped: ~3.1k of dense's 4.1k average
+    assert not dense_is_cheaper(wide, 32768)
+    assert not dense_is_cheaper(narrow, 4096)
+    assert dense_is_cheaper(narrow, 600)  # a short prompt: 512 keys is most of what each query has

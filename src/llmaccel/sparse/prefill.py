@@ -15,9 +15,33 @@ import torch
 
 from llmaccel.sparse.config import SparseConfig
 from llmaccel.sparse.kernels import dense_attention, sparse_attention
-from llmaccel.sparse.patterns import SparseIndex, build_index
+from llmaccel.sparse.patterns import BLOCK, HeadPattern, SparseIndex, build_index
 
 log = logging.getLogger(__name__)
+
+# The kernel's speed per scored pair over SDPA's on dense causal work: ~172 vs ~240 GFLOP/s on this
+# CPU (BENCHMARKS.md, "Sparse prefill"). A layer whose patterns would score more than this share of
+# the causal pairs is cheaper dense, and dense is exact.
+KERNEL_EFFICIENCY = 0.7
+
+
+def nominal_keys(p: HeadPattern) -> int:
+    """Keys per query a pattern scores in the kernel, before the causal cap (slashes and bands are
+    computed as 64-wide tiles: about half a block more for A-shape's band, a block for vertical-slash)."""
+    if p.kind == "a_shape":
+        return p.a + p.b + BLOCK // 2
+    if p.kind == "vertical_slash":
+        return p.a + p.b + BLOCK
+    return p.a * BLOCK
+
+
+def dense_is_cheaper(patterns, T: int) -> bool:
+    """Whether SDPA beats the kernel on a layer with these head patterns at prompt length T.
+
+    A head scoring c keys per query scores about c - c^2 / 2T per query on average once early queries,
+    which have fewer keys than c, are capped (T / 2 for dense)."""
+    capped = [min(c, T) - min(c, T) ** 2 / (2 * T) for c in map(nominal_keys, patterns)]
+    return sum(capped) / len(capped) >= KERNEL_EFFICIENCY * T / 2
 
 
 def window_index(n_heads: int, window: int) -> SparseIndex:
@@ -38,7 +62,8 @@ class SparsePrefill:
 
     def __init__(self, config: SparseConfig, dense_full: bool = False) -> None:
         """`dense_full`: full-attention layers dense (SDPA), only sliding windows run in the kernel; exact
-        up to fp32 rounding, to tell the windows' share of a speedup from the patterns'."""
+        up to fp32 rounding, to tell the windows' share of a speedup from the patterns'. Without it,
+        a full layer still runs dense where that is cheaper (`dense_is_cheaper`)."""
         self.config = config
         self.dense_full = dense_full
         self.computed = 0  # query-key pairs scored (masked ones in computed blocks included)
@@ -56,7 +81,7 @@ class SparsePrefill:
         H, T = q.shape[1], q.shape[2]
         if window is not None and window < T:
             index = window_index(H, window)
-        elif self.dense_full:
+        elif self.dense_full or dense_is_cheaper(self.config.layers[layer], T):
             self.computed += H * T * (T + 1) // 2
             self.dense += H * T * (T + 1) // 2
             return dense_attention(q[0], k[0], v[0], scaling).transpose(0, 1).contiguous()[None]
