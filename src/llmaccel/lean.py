@@ -43,10 +43,10 @@ SMALL_ATTENTION_MAX_T = 1
 class FusedLinear:
     """Several linears that read the same input, as one skinny-GEMM call for few rows.
 
-    Returns the outputs side by side, (T, sum N_i). Few rows (decoding steps): one call over the
-    concatenated weights (each output column is computed exactly as it would be alone: the kernel's
-    per-column arithmetic does not depend on its neighbours, tested). Many rows (prefill): F.linear
-    per part, as transformers does, then concatenated.
+    Called, returns the outputs side by side, (T, sum N_i); `parts` returns them one by one. Few rows
+    (decoding steps): one call over the concatenated weights (each output column is computed exactly
+    as it would be alone: the kernel's per-column arithmetic does not depend on its neighbours,
+    tested). Many rows (prefill): F.linear per part, as transformers does.
     """
 
     def __init__(self, weights: Sequence[torch.Tensor], biases: Sequence[torch.Tensor | None], use_skinny: bool) -> None:

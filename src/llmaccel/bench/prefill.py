@@ -71,8 +71,8 @@ class _Capture:
     then the wanted layer's q, k, v are kept and the forward stops."""
 
     def __init__(self, layer: int, config: SparseConfig, dense: bool) -> None:
-        self.layer, self.dense = layer, dense
-        self.sparse = SparsePrefill(config)
+        self.layer = layer
+        self.earlier = SparsePrefill(config, dense_full=dense)  # sliding windows exact either way
         self.qkv: tuple[torch.Tensor, ...] = ()
         self.scaling = 1.0
 
@@ -80,9 +80,7 @@ class _Capture:
         if layer == self.layer:
             self.qkv, self.scaling = (q[0].contiguous(), k[0].contiguous(), v[0].contiguous()), scaling
             raise _Captured
-        if self.dense and window is None:
-            return dense_attention(q[0], k[0], v[0], scaling).transpose(0, 1).contiguous()[None]
-        return self.sparse.attend(layer, q, k, v, scaling, window)
+        return self.earlier.attend(layer, q, k, v, scaling, window)
 
 
 def _full_layer(lm) -> int:

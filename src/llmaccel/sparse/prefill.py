@@ -79,17 +79,16 @@ class SparsePrefill:
         window: int | None,  # sliding-window layer: its window; None = full attention
     ) -> torch.Tensor:  # (1, T, H, D)
         H, T = q.shape[1], q.shape[2]
-        if window is not None and window < T:
-            index = window_index(H, window)
-        elif self.dense_full or dense_is_cheaper(self.config.layers[layer], T):
-            self.computed += H * T * (T + 1) // 2
-            self.dense += H * T * (T + 1) // 2
-            return dense_attention(q[0], k[0], v[0], scaling).transpose(0, 1).contiguous()[None]
-        else:
-            index = build_index(list(self.config.layers[layer]), q[0], k[0], scaling)
-        out, _, computed = sparse_attention(q[0], k[0], v[0], index, scaling, window or 0)  # (H, T, D)
-        self.computed += int(computed.sum())
-        self.dense += H * T * (T + 1) // 2
+        causal = H * T * (T + 1) // 2
+        if window is None and (self.dense_full or dense_is_cheaper(self.config.layers[layer], T)):
+            out, computed = dense_attention(q[0], k[0], v[0], scaling), causal  # (H, T, D)
+        else:  # a sliding layer's window exactly, or a full layer's patterns
+            index = window_index(H, window) if window is not None else build_index(
+                list(self.config.layers[layer]), q[0], k[0], scaling)
+            out, _, pairs = sparse_attention(q[0], k[0], v[0], index, scaling, window or 0)  # (H, T, D)
+            computed = int(pairs.sum())
+        self.computed += computed
+        self.dense += causal
         return out.transpose(0, 1).contiguous()[None]
 
     @property

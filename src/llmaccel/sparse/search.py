@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmaccel.sparse.config import SparseConfig
+from llmaccel.sparse.config import DEFAULT_MIN_TOKENS, FALLBACK, SparseConfig
 from llmaccel.sparse.kernels import dense_attention, dense_lse, recall, sample_rows, sparse_attention
 from llmaccel.sparse.patterns import BLOCK, FORCED_LOCAL, FORCED_SINKS, LAST_Q, HeadPattern, build_index
 from llmaccel.sparse.prefill import window_index
@@ -166,8 +166,6 @@ def retrieval_prompt(tokenizer, text: str, tokens: int, seed: int = 0) -> list[i
 def search(lm, ids: list[int], budgets: tuple[int, ...] = BUDGETS, target: float = TARGET_RECALL,
            min_tokens: int | None = None) -> SparseConfig:
     """Search patterns for `lm` on the prompt `ids` (real long text); returns the config to save."""
-    from llmaccel.sparse.config import DEFAULT_MIN_TOKENS, FALLBACK
-
     cfg = lm.model.config.get_text_config()
     hook = PatternSearch(tuple(budgets), target)
     with torch.inference_mode():
