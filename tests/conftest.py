@@ -44,7 +44,21 @@ def _config(arch: str):
     raise ValueError(arch)
 
 
-ARCHS = ["llama", "qwen2", "mistral", "gemma3", "gpt2"]
+# "-gguf": the same model with its weights quantised as a GGUF file holds them (linears Q4_1, embedding
+# and LM head Q8_0), so the skinny kernel streams code blocks instead of fp32 panels
+ARCHS = ["llama", "qwen2", "mistral", "gemma3", "gpt2", "llama-gguf", "gemma3-gguf"]
+
+
+def quantize_like_gguf(model) -> None:
+    """Every linear weight as Q4_1 and the embedding and LM head as Q8_0, in place (fp32 values)."""
+    from llmaccel.kernels.bench_skinny import quantize_like_gguf as q
+
+    with torch.no_grad():
+        for name, mod in model.named_modules():
+            if isinstance(mod, torch.nn.Linear):
+                mod.weight.copy_(q(mod.weight, 8 if name.endswith("lm_head") else 4))
+        emb = model.get_input_embeddings().weight
+        emb.copy_(q(emb, 8))
 
 
 def build(arch: str, seed: int = 0):
@@ -54,8 +68,10 @@ def build(arch: str, seed: int = 0):
     import llmaccel
 
     torch.manual_seed(seed)
-    config = _config(arch)
+    config = _config(arch.removesuffix("-gguf"))
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    if arch.endswith("-gguf"):
+        quantize_like_gguf(model)
     plain = copy.deepcopy(model)
     return plain, llmaccel.wrap(model, IdTokenizer(), name=f"tiny-{arch}")
 

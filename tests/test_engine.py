@@ -165,3 +165,23 @@ def test_forced_trace_replays_the_engine(tiny):
         opts = llmaccel.ReferenceOptions(match_len=1, copy_len=8, adaptive=adaptive)
         got = Decoder(lm, prompt, method="reference", references=refs, max_new_tokens=40, options=opts).run()
         assert [(s.tokens_in - 1, s.accepted) for s in got.step_stats] == forced_trace(want, refs, prompt, opts)
+
+
+def test_gguf_like_models_stream_code_blocks():
+    """The "-gguf" tiny models (weights quantised as GGUF holds them) take the code-block layout, so the
+    oracle tests above run on it: the lean stack's linears and head, and Gemma-3's packed modules."""
+    from conftest import build
+    from llmaccel.kernels import skinny
+    from llmaccel.linear import PackedLinear
+
+    if not skinny.available():
+        pytest.skip("skinny gemm kernel could not be built here")
+    _, lm = build("llama-gguf")
+    layer = lm.stack.layers[0]
+    for fused in (layer.qkv, layer.o, layer.gate_up, layer.down, lm.stack.head):
+        assert fused.packed.dtype == torch.uint8
+    _, lm = build("gemma3-gguf")
+    packed = [m.packed for m in lm.model.modules() if isinstance(m, PackedLinear)]
+    assert packed and all(p.dtype == torch.uint8 for p in packed)
+    _, lm = build("llama")  # random fp32 weights: fp32 panels
+    assert lm.stack.layers[0].qkv.packed.dtype == torch.float32

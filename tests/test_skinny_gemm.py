@@ -77,3 +77,70 @@ def test_empty_and_other_dtypes():
     assert skinny.linear(torch.randn(0, 8), p, 5, b).shape == (0, 5)
     x = torch.randn(3, 8, dtype=torch.float64)
     torch.testing.assert_close(skinny.linear(x, p, 5, b), F.linear(x.float(), w, b), rtol=1e-5, atol=1e-4)
+
+
+# ---- block-coded weights (GGUF Q4_1 / Q8_0 blocks streamed as codes) --------------------------------
+
+from llmaccel.kernels.bench_skinny import quantize_like_gguf
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("n, k", [(1, 32), (7, 64), (48, 576), (100, 1536), (577, 96)])
+def test_codes_equal_fp32_panels_bitwise(bits, n, k):
+    g = torch.Generator().manual_seed(n * k + bits)
+    w = quantize_like_gguf(torch.randn(n, k, generator=g) * 0.05 - 0.01, bits)
+    found = skinny.block_codes(w)
+    assert found is not None and found[3] == bits
+    d, m, q, _ = found
+    assert torch.equal((d[..., None] * q.float() + m[..., None]).view(n, k), w)  # decodes to the weights
+    codes, panels = skinny.pack(w), skinny.pack(w, codes=False)
+    assert codes.dtype == torch.uint8 and codes.shape[:2] == (panels.shape[0], k // 32)
+    assert codes.numel() < panels.numel() * 4  # fewer bytes than the fp32 panels
+    b = torch.randn(n, generator=g)
+    for m_rows in [1, 2, 3, 8, 9, 16, 17, 33, 40]:
+        x = torch.randn(m_rows, k, generator=g)
+        # the same fp32 weights in the same order: the codes change what is read, not what is computed
+        assert torch.equal(skinny.linear(x, codes, n, b), skinny.linear(x, panels, n, b))
+        assert torch.equal(skinny.linear(x, codes, n), skinny.linear(x, panels, n))
+        torch.testing.assert_close(skinny.linear(x, codes, n, b), F.linear(x, w, b), rtol=1e-5, atol=2e-5)
+
+
+def test_codes_found_only_where_exact():
+    g = torch.Generator().manual_seed(3)
+    assert skinny.block_codes(torch.randn(8, 64, generator=g)) is None  # plain fp32 weights
+    assert skinny.pack(torch.randn(8, 64, generator=g)).dtype == torch.float32
+    w = quantize_like_gguf(torch.randn(8, 64, generator=g), 4)
+    assert skinny.block_codes(w[:, :48]) is None  # K not a multiple of the block
+    w2 = w.clone()
+    w2[3, 17] = torch.nextafter(w2[3, 17], torch.tensor(1.0))  # one weight off by one ulp
+    assert skinny.block_codes(w2) is None
+    assert skinny.pack(w2).dtype == torch.float32
+    w3 = w.clone()
+    w3[2, 32:] = 0.25  # a constant block (d = 0) still codes exactly
+    assert skinny.block_codes(w3) is not None
+    w3[0, 0] = float("nan")
+    assert skinny.block_codes(w3) is None
+
+
+def test_codes_with_d_next_to_the_estimate():
+    # |m| >> d: the block maximum d * 15 + m loses bits when rounded, so (max - min) / 15 rounds to an
+    # fp16 neighbour of the d the block was made with in some blocks; those need the neighbour search
+    g = torch.Generator().manual_seed(5)
+    d = (torch.rand(256, 1, generator=g) * 1e-4 + 5e-5).half().float()  # fp16 numbers, as GGUF stores
+    m = (-torch.rand(256, 1, generator=g) * 8 - 8).half().float()
+    q = torch.randint(0, 16, (256, 32), generator=g)
+    q[:, 0], q[:, 1] = 0, 15
+    w = d * q + m
+    assert (((w.amax(-1) - w.amin(-1)) / 15).half().float() != d[:, 0]).any()  # the case is exercised
+    found = skinny.block_codes(w)
+    assert found is not None and found[3] == 4
+    assert torch.equal((found[0][..., None] * found[2].float() + found[1][..., None]).view(256, 32), w)
+
+
+def test_bad_code_layout_raises():
+    w = quantize_like_gguf(torch.randn(8, 64), 4)
+    codes = skinny.pack(w)
+    with pytest.raises(ValueError):
+        skinny.linear(torch.randn(2, 64), codes[..., :-1].contiguous(), 8)  # not a block size
+    with pytest.raises(ValueError):
+        skinny.linear(torch.randn(2, 32), codes, 8)  # K mismatch

@@ -1,11 +1,14 @@
-"""Microbenchmark: SmolLM2-135M linears at decoding-step row counts, F.linear vs MKL packed vs skinny.
+"""Microbenchmark: SmolLM2-135M linears at decoding-step row counts, F.linear vs MKL packed vs skinny
+(fp32 panels) vs skinny (code blocks).
 
     python -m llmaccel.kernels.bench_skinny [--reps 11] [--rows 1,2,4,8,16,32] [--layers 30]
 
 Per layer the seven linears of SmolLM2-135M (q 576x576, k/v 192x576, o 576x576, gate/up 1536x576,
 down 576x1536), each layer with its own weights (~14 MB a layer, ~425 MB for 30, as in the real
 model, so nothing stays in cache from one pass to the next), and separately the 49152x576 LM head
-(113 MB; the cache is flushed before each timed call). Times are medians over --reps passes after
+(113 MB; the cache is flushed before each timed call). The weights are random but quantised as the
+GGUF file of SmolLM2 is (layers Q4_1, head Q8_0) and used by every method as fp32 values, so "skinny
+(codes)" streams the code blocks and computes the same products as "skinny". Times are medians over --reps passes after
 warm-up, the three methods interleaved rep by rep so that a noisy neighbour hits them alike.
 Prints a markdown table in ms.
 """
@@ -30,6 +33,24 @@ LAYER_SHAPES = [  # (out N, in K) as nn.Linear stores them
 
 def _mkl_ok() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
+
+
+def quantize_like_gguf(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """An (n, k) fp32 weight as llama.cpp quantises it per 32 along k and gguf dequantises it:
+    Q4_1 (bits 4: d = (max - min) / 15, m = min, both fp16) or Q8_0 (bits 8: d = amax / 127 in fp16)."""
+    n, k = w.shape
+    w = w.float().reshape(n, k // 32, 32)
+    if bits == 4:
+        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        d, m = ((hi - lo) / 15).half().float(), lo.half().float()
+        q = ((w - lo) / ((hi - lo) / 15)).nan_to_num(0).round().clamp(0, 15)
+        return (d * q + m).view(n, k)
+    d = (w.abs().amax(-1, keepdim=True) / 127).half().float()
+    return (d * (w / d).nan_to_num(0).round().clamp(-127, 127)).view(n, k)
+
+
+def _gguf_like(n: int, k: int, bits: int) -> torch.Tensor:
+    return quantize_like_gguf(torch.randn(n, k) / k**0.5, bits)
 
 
 def _time(fn) -> float:
@@ -59,12 +80,13 @@ def main(argv: list[str] | None = None) -> None:
     print(f"<!-- {info} -->")
 
     with torch.inference_mode():
-        layers = [[torch.randn(n, k) / k**0.5 for n, k in LAYER_SHAPES] for _ in range(args.layers)]
+        layers = [[_gguf_like(n, k, 4) for n, k in LAYER_SHAPES] for _ in range(args.layers)]
         methods: dict[str, list] = {"F.linear": [[(w, w) for w in ws] for ws in layers]}
         if have_mkl:
             methods["MKL packed"] = [[(torch.ops.mkl._mkl_reorder_linear_weight(w, 16), w) for w in ws] for ws in layers]
         if have_skinny:
-            methods["skinny"] = [[(skinny.pack(w), w) for w in ws] for ws in layers]
+            methods["skinny"] = [[(skinny.pack(w, codes=False), w) for w in ws] for ws in layers]
+            methods["skinny (codes)"] = [[(skinny.pack(w), w) for w in ws] for ws in layers]
 
         def call(name, x, packed, w):
             if name == "F.linear":
@@ -92,12 +114,13 @@ def main(argv: list[str] | None = None) -> None:
 
         if not args.no_head:
             del methods  # free ~1 GB before the head
-            w = torch.randn(VOCAB, HIDDEN) / HIDDEN**0.5
+            w = _gguf_like(VOCAB, HIDDEN, 8)
             head = {"F.linear": (w, w)}
             if have_mkl:
                 head["MKL packed"] = (torch.ops.mkl._mkl_reorder_linear_weight(w, 16), w)
             if have_skinny:
-                head["skinny"] = (skinny.pack(w), w)
+                head["skinny"] = (skinny.pack(w, codes=False), w)
+                head["skinny (codes)"] = (skinny.pack(w), w)
             flush = torch.empty(64 << 20)  # 256 MB, read between calls to evict the head from cache
 
             for m in rows:

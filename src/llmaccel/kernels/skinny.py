@@ -28,7 +28,9 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["available", "linear", "llama_layer", "pack", "panel_width", "sparse_attention"]
+__all__ = ["available", "block_codes", "linear", "llama_layer", "pack", "panel_width", "sparse_attention"]
+
+CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 
 _SRC = Path(__file__).with_name("skinny_gemm.cpp")
 # one extension: the layer calls the GEMM; sparse prefill attention rides along (one build, one cache entry)
@@ -112,8 +114,14 @@ def panel_width() -> int:
     return _load().panel_width()
 
 
-def pack(weight: torch.Tensor) -> torch.Tensor:
-    """(N, K) fp32 weight -> [ceil(N/NB), K, NB] panels, packed[p, k, j] = weight[p*NB + j, k] (0 past N)."""
+def pack(weight: torch.Tensor, codes: bool = True) -> torch.Tensor:
+    """(N, K) fp32 weight -> the kernel's layout for `linear`.
+
+    If every block of 32 weights along K is a dequantised GGUF block (`block_codes` finds it and checks
+    it bit for bit) and `codes` is true: uint8 code blocks [ceil(N/NB), K/32, bytes] (4 or 8 bits a
+    weight plus a scale and offset per block; the kernel decodes them to the same fp32 values).
+    Otherwise fp32 panels [ceil(N/NB), K, NB], packed[p, k, j] = weight[p*NB + j, k] (0 past N).
+    """
     if weight.dim() != 2:
         raise ValueError(f"pack expects a 2-D (out, in) weight, got shape {tuple(weight.shape)}")
     nb = panel_width()
@@ -121,9 +129,77 @@ def pack(weight: torch.Tensor) -> torch.Tensor:
     p = (n + nb - 1) // nb
     with torch.no_grad():
         w = weight.detach().to(device="cpu", dtype=torch.float32)
+        found = block_codes(w) if codes else None
+        if found is not None:
+            return _pack_codes(*found, nb)
         padded = torch.zeros(p * nb, k, dtype=torch.float32)
         padded[:n] = w
         return padded.view(p, nb, k).transpose(1, 2).contiguous()
+
+
+def block_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int] | None:
+    """Integer codes that reproduce an fp32 (N, K) weight exactly, or None.
+
+    GGUF models reach transformers as fp32 weights dequantised block by block (gguf's numpy code):
+    Q4_1: w = d * q + m, q in 0..15; Q8_0: w = d * q, q in -127..127; d and m are fp16 numbers, one
+    per 32 weights of a row along K. Reading them back from the fp32 values needs no GGUF file and no
+    knowledge of how transformers renamed or permuted the rows: the block minimum is m (llama.cpp maps
+    it to q = 0), the maximum is d * 15 + m (Q4_1) or the largest magnitude is 127 |d| (Q8_0), so d is
+    the fp16 number next to (max - m) / 15 or amax / 127 (its neighbours are tried too). A layout is
+    returned only if decoding (d * q + m in fp32: d * q is exact, so one rounding, as gguf computes
+    it) gives back every weight bit for bit. Returns (d (N, K/32), m (N, K/32), q (N, K/32, 32) int,
+    bits).
+    """
+    n, k = w.shape
+    if k % CODE_BLOCK or n == 0 or not torch.isfinite(w).all():
+        return None
+    blocks = w.view(n, k // CODE_BLOCK, CODE_BLOCK)  # (N, B, 32)
+    for bits in (4, 8):
+        if bits == 4:
+            m = blocks.amin(-1)  # (N, B)
+            d0 = (blocks.amax(-1) - m) / 15
+            qmin, qmax = 0, 15
+        else:
+            m = torch.zeros_like(blocks[..., 0])
+            d0 = blocks.abs().amax(-1) / 127
+            qmin, qmax = -127, 127
+        d_out = torch.zeros_like(d0)
+        q_out = torch.zeros_like(blocks, dtype=torch.int16)
+        todo = torch.ones_like(d0, dtype=torch.bool)
+        half = d0.to(torch.float16)
+        for step in (0, 1, -1):  # the nearest fp16 number, then its neighbours
+            d = half if step == 0 else torch.nextafter(half, torch.full_like(half, step * float("inf")))
+            d = d.float()
+            q = torch.where(d[..., None] != 0, (blocks - m[..., None]) / d[..., None], 0).round_().clamp_(qmin, qmax)
+            ok = todo & ((d[..., None] * q + m[..., None]) == blocks).all(-1)  # d * q exact; + m rounds once
+            d_out[ok], q_out[ok] = d[ok], q[ok].to(torch.int16)
+            todo &= ~ok
+            if not todo.any():
+                return d_out, m, q_out, bits
+    return None
+
+
+def _pack_codes(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bits: int, nb: int) -> torch.Tensor:
+    """d, m (N, B), q (N, B, 32) -> uint8 [P, B, bytes]: per panel and block, d[NB] and m[NB] as fp32,
+    then the codes k by k (4 bits: k pairs in one byte, low nibble first), NB outputs side by side."""
+    n, nblocks = d.shape
+    p = (n + nb - 1) // nb
+
+    def panels(t: torch.Tensor) -> torch.Tensor:  # (N, B, ...) -> (P, NB, B, ...), zero rows past N
+        out = torch.zeros((p * nb, *t.shape[1:]), dtype=t.dtype)
+        out[:n] = t
+        return out.view(p, nb, *t.shape[1:])
+
+    scales = torch.stack([panels(d), panels(m)], dim=1)  # (P, 2, NB, B)
+    scales = scales.permute(0, 3, 1, 2).contiguous().view(torch.uint8).view(p, nblocks, 8 * nb)
+    qp = panels(q)  # (P, NB, B, 32)
+    if bits == 4:
+        qp = qp.view(p, nb, nblocks, CODE_BLOCK // 2, 2)
+        qp = (qp[..., 0] | (qp[..., 1] << 4)).to(torch.uint8)  # (P, NB, B, 16)
+    else:
+        qp = qp.to(torch.int8).view(torch.uint8)  # (P, NB, B, 32)
+    codes = qp.permute(0, 2, 3, 1).reshape(p, nblocks, -1)  # (P, B, k * NB)
+    return torch.cat([scales, codes], dim=-1).contiguous()
 
 
 def linear(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -39,10 +39,28 @@
 // the same pace whatever M is. 32 KB was best among 16-256 KB; one panel (110-295 KB) ahead was
 // worse at M >= 16, prefetchnta/prefetcht0 worse, and prefetching every 2nd line only much worse.
 //
+// Block-coded weights (exact, fewer bytes to stream)
+// ----------------------------------------------------
+// A model loaded from a GGUF file holds fp32 weights that are dequantised blocks: along K, each run
+// of 32 weights of one output row is w = d * q + m with q a 4-bit code (Q4_1) or w = d * q with q a
+// signed 8-bit code (Q8_0), d and m per block. Streaming those fp32 values costs 32 bits a weight;
+// the codes cost 4 or 8 bits plus the block's d and m. skinny.py finds such blocks in the fp32 matrix
+// (and checks that decoding reproduces every weight bit for bit); the kernel then streams
+//   codes[p][b] = d[NB] (fp32) | m[NB] (fp32) | code bytes for the 32 k steps of block b of panel p
+// and decodes one chunk of a panel into an L1 scratch (d * q + m: d * q is exact in fp32, so one
+// rounding, the same as the fp32 value the model holds) before the register tiles run over it as
+// over an fp32 panel. The products and sums are therefore the same as with the fp32 panel, bit for
+// bit. 4-bit codes: byte [kp][j] holds q for k = 2 kp (low nibble) and 2 kp + 1 (high nibble) of
+// output j; 8-bit codes: byte [k][j].
+//
 // Numerics: no -ffast-math. Each output is an IEEE fp32 sum in k order (seeded with the bias),
 // contracted to FMAs (-ffp-contract=fast); results match F.linear to ~1e-6 relative.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
@@ -144,14 +162,84 @@ static TileFn tile_for(int rows) {  // 1 <= rows <= MR
   return tile_for_impl(rows, std::make_integer_sequence<int, MR>{});
 }
 
+constexpr int64_t QB = 32;                  // k steps per code block
+constexpr int64_t Q4_BYTES = 8 * NB + 16 * NB;  // d, m, 16 k pairs of nibbles
+constexpr int64_t Q8_BYTES = 8 * NB + 32 * NB;  // d, m, 32 k steps of int8
+constexpr int64_t Q_PF_DIST = 8 * 1024;     // prefetch distance in the code stream (~32 KB of fp32)
+static_assert(KC % QB == 0, "chunks hold whole code blocks");
+
+// VL code bytes -> VL int32 lanes (zero- or sign-extended). GCC's __builtin_convertvector does this
+// one byte at a time (measured: slower than streaming fp32), so the x86 builds use the extending
+// moves.
+typedef int32_t ivec __attribute__((vector_size(VL * 4)));
+template <bool Signed>
+static inline ivec widen(const uint8_t* p) {
+  ivec r;
+#if defined(__AVX512F__)
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m512i v = Signed ? _mm512_cvtepi8_epi32(b) : _mm512_cvtepu8_epi32(b);
+  __builtin_memcpy(&r, &v, sizeof(r));
+#elif defined(__AVX2__)
+  const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(p));
+  const __m256i v = Signed ? _mm256_cvtepi8_epi32(b) : _mm256_cvtepu8_epi32(b);
+  __builtin_memcpy(&r, &v, sizeof(r));
+#else
+  for (int i = 0; i < VL; ++i) r[i] = Signed ? static_cast<int8_t>(p[i]) : p[i];
+#endif
+  return r;
+}
+
+// The weights of one packed matrix: fp32 panels, or code blocks of `bits` 4 or 8.
+struct Packed {
+  const float* f32 = nullptr;    // [P][K][NB]
+  const uint8_t* q = nullptr;    // [P][K / QB][block_bytes]
+  int bits = 32;
+  int64_t block_bytes = 0;
+};
+
+// Decodes code blocks [b0, b0 + nb) of one panel into w (nb * QB x NB floats, row k at k * NB).
+static void decode_blocks(const Packed& W, const uint8_t* blk, int64_t nb, float* w, const uint8_t* pf_end) {
+  for (int64_t b = 0; b < nb; ++b, blk += W.block_bytes, w += QB * NB) {
+    for (int64_t off = 0; off < W.block_bytes; off += 64)
+      if (blk + Q_PF_DIST + off < pf_end) __builtin_prefetch(blk + Q_PF_DIST + off, 0, 2);
+    vec d[NV], m[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) {
+      d[j] = loadu(reinterpret_cast<const float*>(blk) + j * VL);
+      m[j] = loadu(reinterpret_cast<const float*>(blk) + NB + j * VL);
+    }
+    const uint8_t* c = blk + 8 * NB;
+    if (W.bits == 4) {
+      for (int64_t kp = 0; kp < QB / 2; ++kp)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) {
+          const ivec q = widen<false>(c + kp * NB + j * VL);
+          storeu(w + 2 * kp * NB + j * VL, d[j] * __builtin_convertvector(q & 15, vec) + m[j]);
+          storeu(w + (2 * kp + 1) * NB + j * VL, d[j] * __builtin_convertvector(q >> 4, vec) + m[j]);
+        }
+    } else {
+      for (int64_t k = 0; k < QB; ++k)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) {
+          storeu(w + k * NB + j * VL, d[j] * __builtin_convertvector(widen<true>(c + k * NB + j * VL), vec) + m[j]);
+        }
+    }
+  }
+}
+
 // y = x @ W^T + b for panels [p0, p1) (one thread's share).
-static void run_panels(const float* x, int64_t M, int64_t K, const float* packed, int64_t n,
+static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, int64_t n,
                        const float* bias, float* y, int64_t p0, int64_t p1) {
   const int64_t nblk = (M + MR - 1) / MR;   // row blocks, sizes balanced below
-  const int64_t kc = nblk == 1 ? K : KC;    // one block: nothing to reuse from L1, no chunking
+  // one fp32 row block: nothing to reuse from L1, no chunking; codes: decoded a chunk at a time
+  const int64_t kc = W.q ? KC : nblk == 1 ? K : KC;
   const int64_t panel_floats = K * NB;
   std::vector<float> cbuf(M * NB);  // partial sums between chunks, and the last partial panel
   float* c = cbuf.data();
+  std::vector<float> wbuf(W.q ? KC * NB + VL : 0);  // a decoded chunk (24 KB with AVX-512)
+  const float* packed = W.f32;
+  const int64_t panel_bytes = K / QB * W.block_bytes;
+  const uint8_t* q_end = W.q + p1 * panel_bytes;
   alignas(64) float bbuf[NB];       // bias of the last panel, zero-padded
   // Prefetch addresses are computed as byte offsets from `base` and clamped to this thread's range
   // (not past it: the next call's weights are unknown here).
@@ -159,7 +247,7 @@ static void run_panels(const float* x, int64_t M, int64_t K, const float* packed
   const int64_t range_end = p1 * panel_floats * static_cast<int64_t>(sizeof(float));
 
   for (int64_t p = p0; p < p1; ++p) {
-    const float* w = packed + p * panel_floats;
+    const float* w = W.q ? nullptr : packed + p * panel_floats;
     const int64_t c0 = p * NB;
     const int64_t ncols = std::min<int64_t>(NB, n - c0);
     const float* b = bias ? bias + c0 : nullptr;
@@ -174,18 +262,21 @@ static void run_panels(const float* x, int64_t M, int64_t K, const float* packed
       const int64_t chunk_bytes = kn * NB * static_cast<int64_t>(sizeof(float));
       // The stream position this chunk consumes, plus the prefetch distance.
       const int64_t ahead = (p * panel_floats + k0 * NB) * static_cast<int64_t>(sizeof(float)) + PF_DIST;
+      const float* wk = w ? w + k0 * NB : wbuf.data();
+      if (!w) decode_blocks(W, W.q + p * panel_bytes + k0 / QB * W.block_bytes, kn / QB, wbuf.data(), q_end);
       int64_t m0 = 0;
       for (int64_t blk = 0; blk < nblk; ++blk) {
         const int64_t rows = (M - m0) / (nblk - blk);  // balanced split of what is left
-        // this block's share of the chunk-sized window PF_DIST ahead
-        const char* pf = base + std::min(range_end, ahead + chunk_bytes * blk / nblk);
-        const char* pf_end = base + std::min(range_end, ahead + chunk_bytes * (blk + 1) / nblk);
+        // this block's share of the chunk-sized window PF_DIST ahead (fp32 panels; codes prefetch
+        // in decode_blocks)
+        const char* pf = w ? base + std::min(range_end, ahead + chunk_bytes * blk / nblk) : nullptr;
+        const char* pf_end = w ? base + std::min(range_end, ahead + chunk_bytes * (blk + 1) / nblk) : nullptr;
         const float* cin = first ? nullptr : c + m0 * NB;
         const float* xb = x + m0 * K + k0;
         if (last && ncols == NB)
-          tile_for(static_cast<int>(rows))(xb, K, w + k0 * NB, kn, cin, b, y + m0 * n + c0, n, pf, pf_end);
+          tile_for(static_cast<int>(rows))(xb, K, wk, kn, cin, b, y + m0 * n + c0, n, pf, pf_end);
         else
-          tile_for(static_cast<int>(rows))(xb, K, w + k0 * NB, kn, cin, b, c + m0 * NB, NB, pf, pf_end);
+          tile_for(static_cast<int>(rows))(xb, K, wk, kn, cin, b, c + m0 * NB, NB, pf, pf_end);
         m0 += rows;
       }
     }
@@ -200,11 +291,25 @@ static void run_panels(const float* x, int64_t M, int64_t K, const float* packed
 // Also called by decoder_layer.cpp.
 torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
                      const c10::optional<torch::Tensor>& bias_in) {
-  TORCH_CHECK_VALUE(packed.dim() == 3 && packed.size(2) == NB && packed.scalar_type() == torch::kFloat &&
-                        packed.is_contiguous() && packed.device().is_cpu(),
-                    "skinny linear: packed must come from pack() (fp32 CPU [P, K, ", NB, "]), got ",
-                    packed.sizes());
-  const int64_t npanels = packed.size(0), K = packed.size(1);
+  Packed W;
+  int64_t K = 0;
+  const bool codes = packed.scalar_type() == torch::kByte;
+  TORCH_CHECK_VALUE(packed.dim() == 3 && packed.is_contiguous() && packed.device().is_cpu() &&
+                        (codes ? packed.size(2) == Q4_BYTES || packed.size(2) == Q8_BYTES
+                               : packed.size(2) == NB && packed.scalar_type() == torch::kFloat),
+                    "skinny linear: packed must come from pack() (fp32 CPU [P, K, ", NB,
+                    "] or uint8 code blocks [P, K/32, ", Q4_BYTES, " or ", Q8_BYTES, "]), got ", packed.sizes(),
+                    " ", packed.scalar_type());
+  if (codes) {
+    W.q = packed.data_ptr<uint8_t>();
+    W.block_bytes = packed.size(2);
+    W.bits = W.block_bytes == Q4_BYTES ? 4 : 8;
+    K = packed.size(1) * QB;
+  } else {
+    W.f32 = packed.data_ptr<float>();
+    K = packed.size(1);
+  }
+  const int64_t npanels = packed.size(0);
   TORCH_CHECK_VALUE(x_in.dim() >= 1 && x_in.size(-1) == K && x_in.device().is_cpu(),
                     "skinny linear: x must be a CPU tensor (..., ", K, "), got ", x_in.sizes());
   TORCH_CHECK_VALUE(n >= 0 && n <= npanels * NB && (npanels == 0 || n > (npanels - 1) * NB),
@@ -229,15 +334,15 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
   if (M == 0 || n == 0) return y;
   if (K == 0) return bias.defined() ? y.copy_(bias.expand_as(y)) : y.zero_();
   const float* xp = x.data_ptr<float>();
-  const float* wp = packed.data_ptr<float>();
   float* yp = y.data_ptr<float>();
   // Contiguous panel ranges per thread (one sequential stream each, for the prefetchers). Grain 1:
   // even a few panels are worth splitting, the work is bandwidth bound.
-  at::parallel_for(0, npanels, 1, [&](int64_t p0, int64_t p1) { run_panels(xp, M, K, wp, n, bptr, yp, p0, p1); });
+  at::parallel_for(0, npanels, 1, [&](int64_t p0, int64_t p1) { run_panels(xp, M, K, W, n, bptr, yp, p0, p1); });
   return y;
 }
 
 int64_t panel_width() { return NB; }
+int64_t code_block() { return QB; }
 int64_t row_block() { return MR; }
 std::string isa() { return ISA; }
 
@@ -261,6 +366,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("llama_layer", &llama_layer, "one Llama-family decoder layer for a decoding step, in place (see lean.py)");
   m.def("sparse_attention", &sparse_attention, "causal attention over selected keys per query block (see sparse/kernels.py)");
   m.def("panel_width", &panel_width, "NB: output features per packed panel");
+  m.def("code_block", &code_block, "k steps per code block of block-coded weights");
   m.def("row_block", &row_block, "MR: rows of x per register tile");
   m.def("isa", &isa, "vector ISA the kernel was compiled for");
 }
