@@ -155,6 +155,7 @@ def test_stream_yields_the_same_tokens(tiny):
 def test_forced_trace_replays_the_engine(tiny):
     """Forced decoding on the model's own output takes exactly the engine's steps (drafts and acceptances)."""
     from llmaccel.drafting.reference import forced_trace
+    from llmaccel.engine import step_cost
 
     plain, lm = tiny
     rng = random.Random(5)
@@ -164,7 +165,7 @@ def test_forced_trace_replays_the_engine(tiny):
         refs = [want[3:20], [rng.randrange(lm.vocab_size) for _ in range(30)] + want[18:]]
         opts = llmaccel.ReferenceOptions(match_len=1, copy_len=8, adaptive=adaptive)
         got = Decoder(lm, prompt, method="reference", references=refs, max_new_tokens=40, options=opts).run()
-        assert [(s.tokens_in - 1, s.accepted) for s in got.step_stats] == forced_trace(want, refs, prompt, opts)
+        assert [(s.tokens_in - 1, s.accepted) for s in got.step_stats] == forced_trace(want, refs, prompt, opts, step_cost(lm))
 
 
 def test_gguf_like_models_stream_code_blocks():

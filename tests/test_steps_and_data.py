@@ -81,3 +81,17 @@ def test_humaneval_problems_load_as_plain_completions():
     assert rows[0].user_message.startswith("from typing import List") and "def has_close_elements" in rows[0].user_message
     assert rows[0].target.strip().startswith("for idx")
     assert len(load_data("humaneval")) == 164
+
+
+def test_step_cost_table_from_measurements():
+    from llmaccel.drafting.reference import step_cost_table
+
+    t = step_cost_table({1: 0.010, 2: 0.011, 4: 0.009, 8: 0.016}, longest=12)
+    assert len(t) == 13 and t[1] == 1.0
+    assert t[2] == pytest.approx(1.1) and t[3] == pytest.approx(1.05)  # interpolated
+    assert t[4] == 1.0  # a measured dip below a 1-token step counts as 1
+    assert t[6] == pytest.approx(1.3) and t[12] == pytest.approx(1.6 * 12 / 8)  # extrapolated in proportion
+    # where extra tokens are dear, drafts get shorter for the same acceptance rate
+    cheap = step_cost_table({1: 1.0, 16: 1.2, 32: 1.5})
+    dear = step_cost_table({1: 1.0, 16: 2.4, 32: 4.0})
+    assert choose_draft_length(16, 0.7, dear) < choose_draft_length(16, 0.7, cheap)

@@ -25,16 +25,20 @@ from dataclasses import dataclass, field
 import torch
 
 from llmaccel.drafting.lookahead import JacobiWindow, LookaheadOptions, NgramPool, WindowGate
-from llmaccel.drafting.reference import ReferenceDrafter, ReferenceOptions, expected_tokens
+from llmaccel.drafting.reference import ReferenceDrafter, ReferenceOptions, expected_tokens, step_cost_table
 from llmaccel.drafting.tree import DraftTree, flatten
 from llmaccel.verify import greedy_targets
 
 log = logging.getLogger(__name__)
 
 METHODS = ("greedy", "reference", "lookahead", "auto")
-# Most tokens in one step (tree + window). Not tuned: a 32-token step already costs 2.2x a 1-token
-# step (`llmaccel cost`), and the default lookahead settings stay far below this.
+# Most tokens in one step (tree + window). Not tuned: a 32-token step already costs 2.2-4x a 1-token
+# step on the CPU (`llmaccel cost`), and the default lookahead settings stay far below this.
 MAX_STEP_TOKENS = 64
+# The step-cost measurement (`step_cost`): cached tokens under the steps (a short context keeps it
+# cheap; attention's share grows with the context, a second-order effect on the ratios), repeats.
+COST_CONTEXT = 256
+COST_REPS = 5
 
 
 class GenerationError(ValueError):
@@ -130,6 +134,23 @@ def _check_inputs(lm, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
         raise GenerationError(f"token ids out of the vocabulary (0..{lm.vocab_size - 1}): {bad[:5]}")
 
 
+def step_cost(lm) -> tuple[float, ...]:
+    """Relative cost of a k-token step on this model and machine (index k), measured on first use and
+    kept on the model: ~0.5-1 s for SmolLM2 on 2 CPU cores. Drafts are sized by it and `auto` decides
+    by it, so it must describe the engine at hand: the same model costs 2.4x a 1-token step for 16
+    tokens with code-block weights and 1.5x with fp32 panels on the same CPU (BENCHMARKS.md)."""
+    if getattr(lm, "step_cost", None) is None:
+        from llmaccel.bench.cost import STEP_SIZES, step_costs
+
+        context = max(1, min(COST_CONTEXT, lm.max_context - max(STEP_SIZES) - 1))
+        t = time.perf_counter()
+        costs = step_costs(lm, context=context, reps=COST_REPS)
+        lm.step_cost = step_cost_table(costs, MAX_STEP_TOKENS)
+        log.info("step cost measured in %.2f s: %s", time.perf_counter() - t,
+                 ", ".join(f"{k}: {lm.step_cost[k]:.2f}" for k in costs))
+    return lm.step_cost
+
+
 class Decoder:
     """One generation: call `events()` to stream steps, or `run()` for the whole result."""
 
@@ -175,7 +196,7 @@ class Decoder:
     def _start_drafting(self) -> None:
         if self.method == "greedy":
             return
-        self.drafter = ReferenceDrafter(self.references, self.options)
+        self.drafter = ReferenceDrafter(self.references, self.options, step_cost(self.lm))
         self.drafter.feed(self.prompt)
         if self.method in ("lookahead", "auto"):
             self.pool = NgramPool(self.la.ngram, self.la.pool_size)

@@ -146,6 +146,7 @@ class LoadedModel:
     max_context: int
     stack: lean.Stack | None = None  # the lean forward's weights (Llama family), None = transformers' modules
     sparse_config: SparseConfig | None = None  # sparse prefill patterns; None = shipped config or fallback
+    step_cost: tuple[float, ...] | None = None  # k -> relative cost of a k-token step; engine.step_cost measures it
 
     @property
     def device(self) -> torch.device:

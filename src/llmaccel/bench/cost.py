@@ -18,7 +18,7 @@ def step_costs(lm, context: int = 1000, sizes=STEP_SIZES, reps: int = 15, seed: 
     """
     g = torch.Generator().manual_seed(seed)
     V = lm.vocab_size
-    prompt = torch.randint(0, V, (1, context), generator=g)
+    prompt = torch.randint(0, V, (1, context), generator=g).to(lm.device)
     if hf_cache:
         from transformers import DynamicCache
 
@@ -30,7 +30,7 @@ def step_costs(lm, context: int = 1000, sizes=STEP_SIZES, reps: int = 15, seed: 
     times: dict[int, list[float]] = {k: [] for k in sizes}
     for r in range(reps + 2):
         for k in sizes:
-            ids = torch.randint(0, V, (1, k), generator=g)
+            ids = torch.randint(0, V, (1, k), generator=g).to(lm.device)
             t = time.perf_counter()
             logits = lm.forward(ids, context, cache, keep=k)
             logits.argmax(-1).tolist()

@@ -31,9 +31,10 @@ class ReferenceOptions:
 
 
 # Cost of a step of k tokens relative to a 1-token step, measured for SmolLM2-135M fp32 on the 2-core
-# CPU with the engine (C++ decoder layer) at a 1k-token context (`llmaccel cost`, BENCHMARKS.md,
-# "engine cost"), at k = 1, 2, 4, 8, 16, 32 and interpolated linearly between. Only used to size
-# drafts and to decide whether `auto` takes the lookahead window.
+# CPU with the engine (C++ decoder layer, fp32 panels) at a 1k-token context (`llmaccel cost`,
+# BENCHMARKS.md, "engine cost"), at k = 1, 2, 4, 8, 16, 32 and interpolated linearly between. Only
+# used to size drafts and to decide whether `auto` takes the lookahead window, and only where no
+# table was measured for the model at hand (the engine measures one per model: `step_cost_table`).
 _MEASURED_COST = {1: 1.0, 2: 1.05, 4: 1.16, 8: 1.32, 16: 1.61, 32: 2.20}
 
 
@@ -48,7 +49,16 @@ def _interpolate(points: dict[int, float], k: int) -> float:
     return points[lo] + (points[hi] - points[lo]) * (k - lo) / (hi - lo)
 
 
-DEFAULT_STEP_COST: tuple[float, ...] = (0.0,) + tuple(_interpolate(_MEASURED_COST, k) for k in range(1, 65))
+def step_cost_table(measured: dict[int, float], longest: int = 64) -> tuple[float, ...]:
+    """Index k -> cost of a k-token step relative to a 1-token step, from costs measured at some k
+    (seconds or relative; k = 1 must be among them), interpolated linearly between them and
+    extrapolated in proportion past the largest; index 0 is unused."""
+    base = measured[1]
+    rel = {k: max(v / base, 1.0) for k, v in measured.items()}  # a longer step never counts as cheaper
+    return (0.0,) + tuple(_interpolate(rel, k) for k in range(1, longest + 1))
+
+
+DEFAULT_STEP_COST: tuple[float, ...] = step_cost_table(_MEASURED_COST)
 
 
 def expected_tokens(p: float, d: int) -> float:
