@@ -97,12 +97,24 @@ def test_codes_equal_fp32_panels_bitwise(bits, n, k):
     assert codes.dtype == torch.uint8 and codes.shape[:2] == (panels.shape[0], k // 32)
     assert codes.numel() < panels.numel() * 4  # fewer bytes than the fp32 panels
     b = torch.randn(n, generator=g)
-    for m_rows in [1, 2, 3, 8, 9, 16, 17, 33, 40]:
-        x = torch.randn(m_rows, k, generator=g)
-        # the same fp32 weights in the same order: the codes change what is read, not what is computed
-        assert torch.equal(skinny.linear(x, codes, n, b), skinny.linear(x, panels, n, b))
-        assert torch.equal(skinny.linear(x, codes, n), skinny.linear(x, panels, n))
-        torch.testing.assert_close(skinny.linear(x, codes, n, b), F.linear(x, w, b), rtol=1e-5, atol=2e-5)
+    amx = skinny.use_amx(False)  # the vector path: the same fp32 products and sums as the fp32 panels
+    try:
+        for m_rows in [1, 2, 3, 8, 9, 16, 17, 33, 40]:
+            x = torch.randn(m_rows, k, generator=g)
+            # the same fp32 weights in the same order: the codes change what is read, not what is computed
+            assert torch.equal(skinny.linear(x, codes, n, b), skinny.linear(x, panels, n, b))
+            assert torch.equal(skinny.linear(x, codes, n), skinny.linear(x, panels, n))
+            torch.testing.assert_close(skinny.linear(x, codes, n, b), F.linear(x, w, b), rtol=1e-5, atol=2e-5)
+    finally:
+        skinny.use_amx(True)
+    if amx:  # AMX tiles (CPUs that have them, for 8+ rows): block sums regrouped, fp32 accuracy
+        for m_rows in [8, 9, 16, 17, 33, 40]:
+            x = torch.randn(m_rows, k, generator=g) * 3
+            exact = (x.double() @ w.double().T + b.double()).float()
+            got, vec = skinny.linear(x, codes, n, b), skinny.linear(x, panels, n, b)
+            torch.testing.assert_close(got, exact, rtol=1e-5, atol=2e-5)
+            # no less accurate than the fp32 kernel (each block's sum is exact products in fp32)
+            assert (got - exact).abs().max() <= 2 * (vec - exact).abs().max() + 1e-6
 
 
 def test_codes_found_only_where_exact():

@@ -36,7 +36,7 @@ _SRC = Path(__file__).with_name("skinny_gemm.cpp")
 # one extension: the layer calls the GEMM; sparse prefill attention rides along (one build, one cache entry)
 _SOURCES = [_SRC, Path(__file__).with_name("decoder_layer.cpp"), Path(__file__).with_name("sparse_attention.cpp")]
 _HEADER = Path(__file__).with_name("vec.h")  # included by the sources; part of the build's hash
-_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # no -ffast-math: IEEE fp32
+_CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # -march=native brings AMX where the CPU has it  # no -ffast-math: IEEE fp32
 _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
 
 _lock = threading.Lock()
@@ -209,6 +209,12 @@ def linear(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | N
     Shape errors raise ValueError. Checks and reshapes happen in C++: the call costs ~1 us of Python.
     """
     return (_ext or _load()).linear(x, packed, n, bias)
+
+
+def use_amx(on: bool = True) -> bool:
+    """Code-block weights through AMX tiles (where the CPU has them) or AVX vectors; returns whether AMX
+    is used from now on. On by default; off to compare the two or to test the vector path."""
+    return (_ext or _load()).use_amx(on)
 
 
 def sparse_attention(*args) -> list[torch.Tensor]:
