@@ -241,7 +241,7 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
   std::vector<float> wbuf(W.q ? KC * NB + VL : 0);  // a decoded chunk (24 KB with AVX-512)
   const float* packed = W.f32;
   const int64_t panel_bytes = K / QB * W.block_bytes;
-  const uint8_t* q_end = W.q + p1 * panel_bytes;
+  const uint8_t* q_end = W.q ? W.q + p1 * panel_bytes : nullptr;  // end of this thread's code stream
   alignas(64) float bbuf[NB];       // bias of the last panel, zero-padded
   // Prefetch addresses are computed as byte offsets from `base` and clamped to this thread's range
   // (not past it: the next call's weights are unknown here).
