@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(0)
 
     have_skinny = skinny.available()
+    amx = have_skinny and skinny.use_amx(True)  # the CPU has AMX tiles (and the kernel may use them)
     have_mkl = _mkl_ok()
     info = f"threads {torch.get_num_threads()}"
     if have_skinny:
@@ -87,12 +88,15 @@ def main(argv: list[str] | None = None) -> None:
         if have_skinny:
             methods["skinny"] = [[(skinny.pack(w, codes=False), w) for w in ws] for ws in layers]
             methods["skinny (codes)"] = [[(skinny.pack(w), w) for w in ws] for ws in layers]
+            if amx:
+                methods["skinny (codes, AMX)"] = methods["skinny (codes)"]
 
         def call(name, x, packed, w):
             if name == "F.linear":
                 return F.linear(x, w)
             if name == "MKL packed":
                 return torch.ops.mkl._mkl_linear(x, packed, w, None, x.shape[0])
+            skinny.use_amx(name.endswith("AMX)"))  # ~1 us: a flag in the extension
             return skinny.linear(x, packed, w.shape[0])
 
         def one_pass(name, xs):
@@ -121,6 +125,8 @@ def main(argv: list[str] | None = None) -> None:
             if have_skinny:
                 head["skinny"] = (skinny.pack(w, codes=False), w)
                 head["skinny (codes)"] = (skinny.pack(w), w)
+                if amx:
+                    head["skinny (codes, AMX)"] = head["skinny (codes)"]
             flush = torch.empty(64 << 20)  # 256 MB, read between calls to evict the head from cache
 
             for m in rows:
