@@ -121,9 +121,10 @@ def test_bench_contract(model_dir, capsys, tmp_path):
     assert out.with_suffix(".png").exists()
 
 
-@pytest.mark.parametrize("flag,first_column", [("--sweep", "match_len"), ("--sweep-lookahead", "W")])
+@pytest.mark.parametrize("flag,first_column", [("--sweep", "match_len"), ("--sweep-lookahead", "W"),
+                                               ("--sweep-gate", "decode tok/s")])
 def test_sweeps_write_table_json_and_plot(model_dir, capsys, tmp_path, flag, first_column):
-    """Both sweeps run every setting on every row (outputs checked equal inside) and write their files."""
+    """The sweeps run every setting on every row (outputs checked equal inside) and write their files."""
     d, _ = model_dir
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"query": "t5 t6 t7", "docs": ["t5 t6 t7 t8 t9"], "result": {"text": "t8 t9"}}) + "\n")

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from llmaccel.drafting.lookahead import JacobiWindow, NgramPool, WindowGate
+from llmaccel.drafting.lookahead import JacobiWindow, LookaheadOptions, NgramPool, WindowGate
 from llmaccel.drafting.reference import DEFAULT_STEP_COST
 from llmaccel.drafting.tree import DraftTree
 from llmaccel.kv import KVCache
@@ -143,3 +143,9 @@ def test_flatten_places_the_window_after_the_tree():
     assert block[2] == [True, True, True, False, False, False]  # node 2: root, 1, itself
     assert block[3] == [True, False, False, True, False, False]  # the other branch
     assert block[5] == [True, False, False, False, True, True]  # window (0, 1): root, (0, 0), itself
+
+
+@pytest.mark.parametrize("bad", [dict(explore_every=0), dict(explore_every=65), dict(gate_prior=-0.1)])
+def test_gate_options_are_checked(bad):
+    with pytest.raises(ValueError, match="explore_every"):
+        LookaheadOptions(**bad)

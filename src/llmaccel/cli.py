@@ -144,10 +144,13 @@ def cmd_bench(args) -> int:
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be positive, got {args.limit}")
     samples = data.load_data(args.data, args.limit)
-    if args.sweep or args.sweep_lookahead:
-        from llmaccel.bench import lookahead_sweep, sweep
+    if args.sweep or args.sweep_lookahead or args.sweep_gate:
+        from llmaccel.bench import gate_sweep, lookahead_sweep, sweep
 
-        if args.sweep_lookahead:
+        if args.sweep_gate:
+            mod, default = gate_sweep, "runs/gate-sweep.json"
+            doc = gate_sweep.sweep(args.model, samples, args.max_new_tokens)
+        elif args.sweep_lookahead:
             mod, default = lookahead_sweep, "runs/lookahead-sweep.json"
             doc = lookahead_sweep.sweep(args.model, samples, args.max_new_tokens)
         else:
@@ -284,6 +287,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="OUT.json (a PNG plot is written beside it)")
     b.add_argument("--sweep", action="store_true", help="sweep match_len x copy_len for `reference`")
     b.add_argument("--sweep-lookahead", action="store_true", help="sweep window x n-gram x pool for `lookahead`")
+    b.add_argument("--sweep-gate", action="store_true", help="time settings of `auto`'s window gate against `reference`")
     _add_model(b)
     _add_reference_options(b)
     _add_lookahead_options(b)

@@ -205,7 +205,8 @@ class Decoder:
             self.pool.feed(self.prompt)
             self.window = JacobiWindow(self.la.window, self.la.ngram, self.prompt, self.la.seed)
             if self.method == "auto":
-                self.gate = WindowGate(self.drafter.step_cost)
+                self.gate = WindowGate(self.drafter.step_cost, explore_every=self.la.explore_every,
+                                       max_explore_every=self.la.max_explore_every, prior=self.la.gate_prior)
 
     def _plan(self, pos: int) -> tuple[DraftTree, list[int], bool]:
         """The step's draft tree, the reference draft inside it, and whether the window comes along."""

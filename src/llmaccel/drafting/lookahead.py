@@ -34,6 +34,15 @@ class LookaheadOptions:
     ngram: int = 2  # N, the n-gram size (the window has N-1 rows)
     pool_size: int = 2  # G, most continuations kept per key and verified per step
     seed: int = 0  # the window's initial guesses are drawn from the prompt with this seed
+    # `auto` only: how it explores the window when the window is not worth it (see WindowGate).
+    explore_every: int = 8  # first wait, in steps, before the window comes along to be re-measured
+    max_explore_every: int = 64  # longest wait (each exploration that does not pay doubles it)
+    gate_prior: float = 0.0  # the gain the window is credited with before it was measured
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.explore_every <= self.max_explore_every or self.gate_prior < 0:
+            raise ValueError(f"need 1 <= explore_every <= max_explore_every and gate_prior >= 0, got "
+                             f"{self.explore_every}, {self.max_explore_every}, {self.gate_prior}")
 
 
 class NgramPool:
@@ -137,10 +146,13 @@ class WindowGate:
     where the window never pays the exploring costs little.
     """
 
-    # explore_every, max_explore_every, decay and prior are first choices, not tuned; `auto` came within
-    # 1-3% of the best method on all three benchmarks with them (BENCHMARKS.md, main table).
+    # Defaults (LookaheadOptions): with the code-block engine a window step costs relatively more (a
+    # 5-token step ~1.3x a 1-token step, not ~1.05x). A prior of 0.5 let the window start on, and on rag
+    # its 76 steps in 526 saved 2 steps and cost 3% of decode time; starting off (prior 0) fixes that.
+    # Of explorations every 8..64 and 16..128 steps, 8..64 came out best or tied on all three files
+    # (BENCHMARKS.md, "auto's gate").
     def __init__(self, step_cost: Sequence[float], explore_every: int = 8, max_explore_every: int = 64,
-                 decay: float = 0.8, prior: float = 0.5) -> None:
+                 decay: float = 0.8, prior: float = 0.0) -> None:
         self.step_cost = step_cost
         self.min_wait = explore_every
         self.max_wait = max_explore_every
