@@ -79,8 +79,19 @@ def random_patterns(rng: random.Random, H: int, n: int) -> list[HeadPattern]:
 
 
 @needs_kernel
+@pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "gather-mm"])
 @pytest.mark.parametrize("seed", range(12))
-def test_kernel_matches_naive_masked_softmax(seed):
+def test_kernel_matches_naive_masked_softmax(seed, tiles):
+    from llmaccel.kernels import skinny
+
+    assert skinny.sparse_hand_tiles(tiles) == tiles  # both of the kernel's paths (tiles: head dims % vector width == 0)
+    try:
+        _kernel_matches_naive(seed)
+    finally:
+        skinny.sparse_hand_tiles(True)
+
+
+def _kernel_matches_naive(seed):
     rng = random.Random(seed)
     torch.manual_seed(seed)
     hkv = rng.choice([1, 2])
@@ -273,8 +284,9 @@ def test_dense_is_cheaper_caps_early_queries():
     from llmaccel.sparse.prefill import dense_is_cheaper, nominal_keys
 
     assert nominal_keys(HeadPattern("block_sparse", 8)) == 512
-    wide, narrow = [HeadPattern("a_shape", 64, 4000)] * 3, [HeadPattern("block_sparse", 8)] * 3
-    assert dense_is_cheaper(wide, 8192)  # ~4.1k keys per query capped: ~3.1k of dense's 4.1k average
+    wide, narrow = [HeadPattern("a_shape", 64, 6000)] * 3, [HeadPattern("block_sparse", 8)] * 3
+    assert dense_is_cheaper(wide, 8192)  # ~6.1k keys per query capped: ~3.8k of dense's 4.1k average
+    assert not dense_is_cheaper(wide[:1] + narrow[:2], 8192)  # one wide head: the layer stays sparse
     assert not dense_is_cheaper(wide, 32768)
     assert not dense_is_cheaper(narrow, 4096)
     assert dense_is_cheaper(narrow, 600)  # a short prompt: 512 keys is most of what each query has

@@ -28,7 +28,7 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["available", "block_codes", "linear", "llama_layer", "pack", "panel_width", "sparse_attention"]
+__all__ = ["available", "block_codes", "linear", "llama_layer", "pack", "panel_width", "sparse_attention", "sparse_hand_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 
@@ -215,6 +215,12 @@ def use_amx(on: bool = True) -> bool:
     """Code-block weights through AMX tiles (where the CPU has them) or AVX vectors; returns whether AMX
     is used from now on. On by default; off to compare the two or to test the vector path."""
     return (_ext or _load()).use_amx(on)
+
+
+def sparse_hand_tiles(on: bool = True) -> bool:
+    """Sparse attention's two products through the kernel's register tiles (default; head dims that are a
+    multiple of the vector width) or through a gather and at::mm_out; returns the setting. Off to compare."""
+    return (_ext or _load()).sparse_hand_tiles(on)
 
 
 def sparse_attention(*args) -> list[torch.Tensor]:

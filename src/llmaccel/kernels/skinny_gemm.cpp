@@ -549,10 +549,13 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
                                             const torch::Tensor& blocks, const torch::Tensor& block_ptr,
                                             int64_t bs, double scale, int64_t window);
 
+bool sparse_hand_tiles(bool on);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny_linear, "y = x @ W^T + b with W packed in panels (see skinny.py)");
   m.def("llama_layer", &llama_layer, "one Llama-family decoder layer for a decoding step, in place (see lean.py)");
   m.def("sparse_attention", &sparse_attention, "causal attention over selected keys per query block (see sparse/kernels.py)");
+  m.def("sparse_hand_tiles", &sparse_hand_tiles, "sparse attention's products: register tiles (on) or gather + at::mm_out; returns which");
   m.def("panel_width", &panel_width, "NB: output features per packed panel");
   m.def("use_amx", &use_amx, "AMX tiles for code-block weights on/off; returns whether they are used");
   m.def("code_block", &code_block, "k steps per code block of block-coded weights");

@@ -14,8 +14,13 @@
 // keys, a query sees keys at positions <= its own (causal) and, if window > 0, > q - window (an exact
 // sliding window). Duplicates across the lists are computed once.
 //
-// Work item = (head, query block), taken by the threads of at::parallel_for from a shared counter; the two
-// GEMMs go through at::mm_out (MKL, single-threaded inside a parallel region).
+// Work item = (head, query block), taken by the threads of at::parallel_for from a shared counter.
+// The two products per item are hand-written register tiles (where head_dim is a multiple of the vector
+// width) that read the selected K and V rows where they lie: through at::mm_out (MKL) the keys had to
+// be gathered into a contiguous buffer first, and that copy plus MKL's own packing of such small
+// operands was a third of the kernel's time (BENCHMARKS.md, "Sparse prefill"). Scores are kept
+// transposed, St (keys, rows), so the softmax over keys runs down columns with whole vectors of rows.
+// Other head dims take the gather + at::mm_out path.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 
@@ -28,6 +33,154 @@
 #include "vec.h"
 
 namespace {
+
+bool hand_tiles = true;  // skinny.sparse_hand_tiles() turns them off, to compare and to test both paths
+
+// Register tiles: RT vectors of rows x JT keys for the scores, IT rows x DT vectors of head dim for P V
+// (24 accumulators with AVX-512's 32 registers, 10-12 with AVX2's 16).
+constexpr int RT = AVL == 16 ? 4 : 2;
+constexpr int JT = AVL == 16 ? 6 : 5;
+constexpr int IT = 6;
+constexpr int DT = AVL == 16 ? 4 : 2;
+
+// St[j, r0 + 0 .. RT*AVL) = sum_d Qt[d, r0 + ..] * krow[j][d] for NJ keys; qt points at column r0 of
+// Qt (D, RP), st at row 0 column r0 of this tile's keys in St (., RP).
+template <int NJ>
+void scores_tile(const float* qt, int64_t RP, int64_t D, const float* const* krow, float* st) {
+  avec acc[NJ][RT];
+  for (int j = 0; j < NJ; ++j)
+    for (int r = 0; r < RT; ++r) acc[j][r] = splat(0.0f);
+  for (int64_t d = 0; d < D; ++d) {
+    avec qv[RT];
+    for (int r = 0; r < RT; ++r) qv[r] = aload(qt + d * RP + r * AVL);
+    for (int j = 0; j < NJ; ++j) {
+      const avec kb = bcast(krow[j] + d);
+      for (int r = 0; r < RT; ++r) acc[j][r] += kb * qv[r];
+    }
+  }
+  for (int j = 0; j < NJ; ++j)
+    for (int r = 0; r < RT; ++r) astore(st + j * RP + r * AVL, acc[j][r]);
+}
+
+// out[i, d0 ..) (+)= sum_j St[j, i] * vrow[j][d0 ..] over nk keys for NI rows and ND vectors of head dim:
+// the first key chunk stores, later ones accumulate; rsum (the last chunk) scales the rows.
+template <int NI, int ND>
+void values_tile(const float* st, int64_t RP, int64_t nk, const float* const* vrow, int64_t d0, bool first,
+                 const float* rsum, float* out, int64_t D) {
+  avec acc[NI][ND];
+  for (int i = 0; i < NI; ++i)
+    for (int c = 0; c < ND; ++c) acc[i][c] = first ? splat(0.0f) : aload(out + i * D + d0 + c * AVL);
+  for (int64_t j = 0; j < nk; ++j) {
+    avec vv[ND];
+    for (int c = 0; c < ND; ++c) vv[c] = aload(vrow[j] + d0 + c * AVL);
+    for (int i = 0; i < NI; ++i) {
+      const avec pb = bcast(st + j * RP + i);
+      for (int c = 0; c < ND; ++c) acc[i][c] += pb * vv[c];
+    }
+  }
+  if (rsum) {
+    for (int i = 0; i < NI; ++i)
+      for (int c = 0; c < ND; ++c) acc[i][c] *= splat(rsum[i]);
+  }
+  for (int i = 0; i < NI; ++i)
+    for (int c = 0; c < ND; ++c) astore(out + i * D + d0 + c * AVL, acc[i][c]);
+}
+
+template <int ND>
+void values_rows(int64_t ni, const float* st, int64_t RP, int64_t nk, const float* const* vrow, int64_t d0,
+                 bool first, const float* rsum, float* out, int64_t D) {
+  switch (ni) {
+    case 1: return values_tile<1, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
+    case 2: return values_tile<2, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
+    case 3: return values_tile<3, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
+    case 4: return values_tile<4, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
+    case 5: return values_tile<5, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
+    default: return values_tile<IT, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
+  }
+}
+
+// One work item through the register tiles: keys at kpos[0 .. m) (the diagonal block's `rows` keys
+// last), q rows already scaled; writes out rows (rows, D) and lse. RP = rows rounded up to RT * AVL.
+void item_tiles(const float* qrows, int64_t rows, int64_t q0, int64_t D, const float* kh, const float* vh,
+                const std::vector<int64_t>& kpos, int64_t window, float fscale, std::vector<float>& qt,
+                std::vector<float>& st, std::vector<const float*>& rowp, float* rsum, float* out, float* lrow) {
+  const int64_t m = static_cast<int64_t>(kpos.size());
+  const int64_t RP = (rows + RT * AVL - 1) / (RT * AVL) * (RT * AVL);
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  qt.assign(D * RP, 0.0f);  // Qt (D, RP): scaled Q transposed, padded rows zero
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t d = 0; d < D; ++d) qt[d * RP + i] = qrows[i * D + d] * fscale;
+  st.resize(m * RP);
+  rowp.resize(m);
+  for (int64_t j = 0; j < m; ++j) rowp[j] = kh + kpos[j] * D;
+  for (int64_t r0 = 0; r0 < RP; r0 += RT * AVL) {
+    int64_t j = 0;
+    for (; j + JT <= m; j += JT) scores_tile<JT>(qt.data() + r0, RP, D, rowp.data() + j, st.data() + j * RP + r0);
+    const float* const* kr = rowp.data() + j;
+    float* sj = st.data() + j * RP + r0;
+    switch (m - j) {  // JT is at most 6
+      case 1: scores_tile<1>(qt.data() + r0, RP, D, kr, sj); break;
+      case 2: scores_tile<2>(qt.data() + r0, RP, D, kr, sj); break;
+      case 3: scores_tile<3>(qt.data() + r0, RP, D, kr, sj); break;
+      case 4: scores_tile<4>(qt.data() + r0, RP, D, kr, sj); break;
+      case 5: scores_tile<5>(qt.data() + r0, RP, D, kr, sj); break;
+      default: break;
+    }
+  }
+  // causal: key q0 + p of the diagonal block (column m - rows + p) is hidden from rows i < p
+  for (int64_t p = 1; p < rows; ++p) std::fill(st.data() + (m - rows + p) * RP, st.data() + (m - rows + p) * RP + p, neg_inf);
+  if (window > 0) {  // sliding window: row i hides key kpos[j] when q0 + i - kpos[j] >= window
+    for (int64_t j = 0; j < m; ++j) {
+      const int64_t from = std::max<int64_t>(0, kpos[j] + window - q0);
+      if (from < rows) std::fill(st.data() + j * RP + from, st.data() + j * RP + rows, neg_inf);
+    }
+  }
+  for (int64_t r0 = 0; r0 < RP; r0 += RT * AVL) {  // softmax down the columns, RT vectors of rows at a time
+    avec vmax[RT], vsum[RT];
+    for (int r = 0; r < RT; ++r) vmax[r] = splat(neg_inf), vsum[r] = splat(0.0f);
+    for (int64_t j = 0; j < m; ++j) {
+      for (int r = 0; r < RT; ++r) {
+        const avec x = aload(st.data() + j * RP + r0 + r * AVL);
+        vmax[r] = x > vmax[r] ? x : vmax[r];
+      }
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      for (int r = 0; r < RT; ++r) {
+        float* sp = st.data() + j * RP + r0 + r * AVL;
+        const avec e = vexp(aload(sp) - vmax[r]);
+        astore(sp, e);
+        vsum[r] += e;
+      }
+    }
+    for (int64_t l = 0; l < RT * AVL && r0 + l < rows; ++l) {  // finite: each row sees its own key
+      lrow[r0 + l] = vmax[l / AVL][l % AVL] + std::log(vsum[l / AVL][l % AVL]);
+      rsum[r0 + l] = 1.0f / vsum[l / AVL][l % AVL];
+    }
+  }
+  for (int64_t j = 0; j < m; ++j) rowp[j] = vh + kpos[j] * D;
+  // P V in chunks of KC keys: a chunk's slice of V rows (KC x DT vectors) and of St (KC x RP) stay in
+  // L1 while every row tile passes over them (one pass over all keys per row tile ran at L2's bandwidth)
+  constexpr int64_t KC = 64;
+  for (int64_t j0 = 0; j0 < m; j0 += KC) {
+    const int64_t nk = std::min(KC, m - j0);
+    const bool first = j0 == 0, last = j0 + KC >= m;
+    for (int64_t d0 = 0; d0 < D; d0 += DT * AVL) {
+      const int64_t nd = std::min<int64_t>(DT, (D - d0) / AVL);  // D is a multiple of AVL
+      for (int64_t i0 = 0; i0 < rows; i0 += IT) {
+        const int64_t ni = std::min<int64_t>(IT, rows - i0);
+        const float* sj = st.data() + j0 * RP + i0;
+        const float* rs = last ? rsum + i0 : nullptr;
+        float* o = out + i0 * D;
+        switch (nd) {  // DT is at most 4
+          case 1: values_rows<1>(ni, sj, RP, nk, rowp.data() + j0, d0, first, rs, o, D); break;
+          case 2: values_rows<2>(ni, sj, RP, nk, rowp.data() + j0, d0, first, rs, o, D); break;
+          case 3: values_rows<3>(ni, sj, RP, nk, rowp.data() + j0, d0, first, rs, o, D); break;
+          default: values_rows<DT>(ni, sj, RP, nk, rowp.data() + j0, d0, first, rs, o, D); break;
+        }
+      }
+    }
+  }
+}
 
 struct Range {
   int64_t lo, hi;  // keys [lo, hi)
@@ -81,6 +234,11 @@ void check_index(const torch::Tensor& t, const char* name) {
 
 }  // namespace
 
+bool sparse_hand_tiles(bool on) {
+  hand_tiles = on;
+  return hand_tiles;
+}
+
 // q (H, n, D), k and v (Hkv, n, D), fp32 contiguous. Returns out (H, n, D), lse (H, n) (the log-sum-exp
 // of each row's scaled scores over the keys it saw) and computed (H,) (query-key pairs scored).
 std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -123,6 +281,7 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
   const float fscale = static_cast<float>(scale);
   const float neg_inf = -std::numeric_limits<float>::infinity();
   const auto fopt = torch::TensorOptions().dtype(torch::kFloat32);
+  const bool tiles = hand_tiles && D % AVL == 0;
 
   // Items differ in cost (a late query block sees more keys; heads differ in pattern), so threads take
   // the next item from a shared counter, late blocks first (longest first balances best).
@@ -131,7 +290,8 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     std::vector<Range> ranges;
     std::vector<int64_t> extra, kpos;
-    std::vector<float> kbuf, vbuf, sbuf, qbuf(bs * D), rsum(bs);
+    std::vector<float> kbuf, vbuf, sbuf, qt, qbuf(bs * D), rsum(bs);
+    std::vector<const float*> rowp;
     for (int64_t item; (item = next.fetch_add(1)) < total;) {
       const int64_t h = item % H, b = nb - 1 - item / H;
       const int64_t q0 = b * bs, q1 = std::min(n, q0 + bs), rows = q1 - q0;
@@ -142,26 +302,30 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
                   bandp[h + 1] - bandp[h], blk, nblk, ranges, extra);
       int64_t m = static_cast<int64_t>(extra.size());
       for (const auto& r : ranges) m += r.hi - r.lo;
-      kbuf.resize(m * D);
-      vbuf.resize(m * D);
+      // key order: the extra columns first (all < q0), then the ranges, so the keys a causal mask can
+      // hide (positions q0..q1-1, the diagonal block) are the last `rows`
       kpos.resize(m);
-      sbuf.resize(rows * m);
-      // gather: the extra columns first (all < q0), then the ranges, so the keys a causal mask can hide
-      // (positions q0..q1-1, the diagonal block) are the last `rows` columns
+      {
+        int64_t j = 0;
+        for (int64_t c : extra) kpos[j++] = c;
+        for (const auto& r : ranges)
+          for (int64_t t = r.lo; t < r.hi; ++t) kpos[j++] = t;
+      }
       const float* kh = kp + kvh * n * D;
       const float* vh = vp + kvh * n * D;
-      int64_t j = 0;
-      for (int64_t c : extra) {
-        std::copy(kh + c * D, kh + (c + 1) * D, kbuf.data() + j * D);
-        std::copy(vh + c * D, vh + (c + 1) * D, vbuf.data() + j * D);
-        kpos[j++] = c;
+      float* lrow = lp + h * n + q0;
+      float* orow = op + (h * n + q0) * D;
+      cp[h * nb + b] = rows * m;
+      if (tiles) {
+        item_tiles(qp + (h * n + q0) * D, rows, q0, D, kh, vh, kpos, window, fscale, qt, sbuf, rowp, rsum.data(), orow, lrow);
+        continue;
       }
-      for (const auto& r : ranges) {
-        const int64_t len = r.hi - r.lo;
-        std::copy(kh + r.lo * D, kh + r.hi * D, kbuf.data() + j * D);
-        std::copy(vh + r.lo * D, vh + r.hi * D, vbuf.data() + j * D);
-        for (int64_t t = 0; t < len; ++t) kpos[j + t] = r.lo + t;
-        j += len;
+      kbuf.resize(m * D);
+      vbuf.resize(m * D);
+      sbuf.resize(rows * m);
+      for (int64_t j = 0; j < m; ++j) {  // gather
+        std::copy(kh + kpos[j] * D, kh + (kpos[j] + 1) * D, kbuf.data() + j * D);
+        std::copy(vh + kpos[j] * D, vh + (kpos[j] + 1) * D, vbuf.data() + j * D);
       }
       for (int64_t t = 0; t < rows * D; ++t) qbuf[t] = qp[(h * n + q0) * D + t] * fscale;  // scale folded into Q
       auto Q = torch::from_blob(qbuf.data(), {rows, D}, fopt);
@@ -180,7 +344,6 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
           }
         }
       }
-      float* lrow = lp + h * n + q0;
       for (int64_t i = 0; i < rows; ++i) {  // softmax numerators in place; lse = max + log(sum)
         float* srow = sbuf.data() + i * m;
         avec vmax = splat(neg_inf);
@@ -207,13 +370,11 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
         lrow[i] = mx + std::log(sum);
         rsum[i] = 1.0f / sum;
       }
-      auto O = torch::from_blob(op + (h * n + q0) * D, {rows, D}, fopt);
+      auto O = torch::from_blob(orow, {rows, D}, fopt);
       at::mm_out(O, S, V);
-      float* orow = op + (h * n + q0) * D;
       for (int64_t i = 0; i < rows; ++i) {
         for (int64_t d = 0; d < D; ++d) orow[i * D + d] *= rsum[i];
       }
-      cp[h * nb + b] = rows * m;
     }
   });
   return {out, lse, computed.sum(1)};

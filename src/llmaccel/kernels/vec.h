@@ -26,6 +26,17 @@ inline avec aload(const float* p) {
 }
 inline void astore(float* p, avec v) { __builtin_memcpy(p, &v, sizeof(avec)); }
 inline avec splat(float x) { return avec{} + x; }
+// One float from memory in every lane, as a single load-port broadcast: splat(*p) compiles to an add and
+// a shuffle, and the shuffle competes with the second FMA unit for AVX-512's port 5.
+inline avec bcast(const float* p) {
+#if defined(__AVX512F__)
+  return (avec)_mm512_set1_ps(*p);
+#elif defined(__AVX__)
+  return (avec)_mm256_broadcast_ss(p);
+#else
+  return splat(*p);
+#endif
+}
 
 inline float hsum(avec v) {
 #if defined(__AVX512F__)
@@ -38,7 +49,7 @@ inline float hsum(avec v) {
 }
 
 // exp on each lane; inputs below -87 give 0 (softmax weights that small do not matter in fp32).
-inline avec vexp(avec x) {
+__attribute__((always_inline)) inline avec vexp(avec x) {
   const avec tiny = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
   x = x > splat(88.0f) ? splat(88.0f) : x;

@@ -19,10 +19,10 @@ from llmaccel.sparse.patterns import BLOCK, HeadPattern, SparseIndex, build_inde
 
 log = logging.getLogger(__name__)
 
-# The kernel's speed per scored pair over SDPA's on dense causal work: ~172 vs ~240 GFLOP/s on this
-# CPU (BENCHMARKS.md, "Sparse prefill"). A layer whose patterns would score more than this share of
+# The kernel's speed per scored pair over SDPA's on dense causal work, index estimation included: 0.93-0.94
+# (BENCHMARKS.md, "Sparse prefill"). A layer whose patterns would score more than this share of
 # the causal pairs is cheaper dense, and dense is exact.
-KERNEL_EFFICIENCY = 0.7
+KERNEL_EFFICIENCY = 0.9
 
 
 def nominal_keys(p: HeadPattern) -> int:
