@@ -302,7 +302,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("search-patterns", help="search sparse prefill patterns per layer and head (writes a JSON config)")
     sp.add_argument("--tokens", type=int, help="length of the real text searched on (default: min(context, 8192))")
     sp.add_argument("--budgets", help="keys per query, comma-separated (default 512,1024,2048,4096)")
-    sp.add_argument("--recall", type=float, default=0.95, help="recall a head's pattern should reach (default 0.95)")
+    sp.add_argument("--recall", type=float, default=0.97, help="recall a head's pattern should reach (default 0.97, sparse.search.TARGET_RECALL)")
     sp.add_argument("--min-tokens", type=int, help="prompt length from which sparse prefill is used")
     sp.add_argument("--out", help="OUT.json (default runs/patterns-<model>.json)")
     sp.add_argument("--data-dir", default=str(LLMA_DIR), help="folder with the LLMA .jsonl files (long text)")
