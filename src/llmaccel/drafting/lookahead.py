@@ -27,10 +27,11 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class LookaheadOptions:
     # Defaults from the W x N x G sweep on the 2-core CPU (BENCHMARKS.md, "lookahead sweep"): every
-    # window token costs ~2-3% of a step here, so small windows win: W2 N2 G2 2.28x greedy on HumanEval
-    # (8 problems), within noise of the best cell (2.29x); W8 N4 G4 made the most tokens per step (3.14
-    # vs 2.75) but ran at 1.47x.
-    window: int = 2  # W, columns of the Jacobi window
+    # window token costs a few per cent of a step here, so the smallest window wins: on this engine
+    # W1 N2 G2 1.49x greedy on 20 HumanEval problems vs 1.43x for W2 N2 G2 (the previous default) and
+    # 1.13x for W8 N2 G2 (8 problems, separate run: 1.74x vs 1.65x); W8 N4 G4 makes the most tokens per
+    # step (2.50 vs 2.14) but runs at 0.56x.
+    window: int = 1  # W, columns of the Jacobi window
     ngram: int = 2  # N, the n-gram size (the window has N-1 rows)
     pool_size: int = 2  # G, most continuations kept per key and verified per step
     seed: int = 0  # the window's initial guesses are drawn from the prompt with this seed
