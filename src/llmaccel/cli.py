@@ -208,14 +208,15 @@ def cmd_search_patterns(args) -> int:
         raise UserError(f"--budgets must be comma-separated integers, got {args.budgets!r}") from None
     if not budgets or min(budgets) < 64:
         raise UserError("--budgets must be keys per query, each at least 64 (e.g. 512,1024,2048,4096)")
-    if not 0 < args.recall <= 1:
-        raise UserError(f"--recall must be in (0, 1], got {args.recall}")
+    recall = search.TARGET_RECALL if args.recall is None else args.recall
+    if not 0 < recall <= 1:
+        raise UserError(f"--recall must be in (0, 1], got {recall}")
     lm = llmaccel.load(args.model)
     tokens = args.tokens or min(lm.max_context, 8192)
     if tokens < 1024 or tokens > lm.max_context:
         raise UserError(f"--tokens must be between 1024 and the model's context ({lm.max_context})")
     ids = search.retrieval_prompt(lm.tokenizer, long_text(tokens * 6, args.data_dir), tokens)
-    config = search.search(lm, ids, budgets, args.recall, min_tokens=args.min_tokens)
+    config = search.search(lm, ids, budgets, recall, min_tokens=args.min_tokens)
     out = Path(args.out) if args.out else Path("runs") / f"patterns-{Path(args.model).stem}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     config.save(out)
@@ -302,7 +303,7 @@ def parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("search-patterns", help="search sparse prefill patterns per layer and head (writes a JSON config)")
     sp.add_argument("--tokens", type=int, help="length of the real text searched on (default: min(context, 8192))")
     sp.add_argument("--budgets", help="keys per query, comma-separated (default 512,1024,2048,4096)")
-    sp.add_argument("--recall", type=float, default=0.97, help="recall a head's pattern should reach (default 0.97, sparse.search.TARGET_RECALL)")
+    sp.add_argument("--recall", type=float, help="recall a head's pattern should reach (default: sparse.search.TARGET_RECALL, 0.97)")
     sp.add_argument("--min-tokens", type=int, help="prompt length from which sparse prefill is used")
     sp.add_argument("--out", help="OUT.json (default runs/patterns-<model>.json)")
     sp.add_argument("--data-dir", default=str(LLMA_DIR), help="folder with the LLMA .jsonl files (long text)")

@@ -152,8 +152,9 @@ class WindowGate:
     # its 76 steps in 526 saved 2 steps and cost 3% of decode time; starting off (prior 0) fixes that.
     # Of explorations every 8..64 and 16..128 steps, 8..64 came out best or tied on all three files
     # (BENCHMARKS.md, "auto's gate").
-    def __init__(self, step_cost: Sequence[float], explore_every: int = 8, max_explore_every: int = 64,
-                 decay: float = 0.8, prior: float = 0.0) -> None:
+    def __init__(self, step_cost: Sequence[float], explore_every: int = LookaheadOptions.explore_every,
+                 max_explore_every: int = LookaheadOptions.max_explore_every, decay: float = 0.8,
+                 prior: float = LookaheadOptions.gate_prior) -> None:
         self.step_cost = step_cost
         self.min_wait = explore_every
         self.max_wait = max_explore_every

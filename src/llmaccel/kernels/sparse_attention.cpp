@@ -323,9 +323,18 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
       kbuf.resize(m * D);
       vbuf.resize(m * D);
       sbuf.resize(rows * m);
-      for (int64_t j = 0; j < m; ++j) {  // gather
-        std::copy(kh + kpos[j] * D, kh + (kpos[j] + 1) * D, kbuf.data() + j * D);
-        std::copy(vh + kpos[j] * D, vh + (kpos[j] + 1) * D, vbuf.data() + j * D);
+      {  // gather in kpos's order: the extra columns a row each, the ranges a block each
+        int64_t j = 0;
+        for (int64_t c : extra) {
+          std::copy(kh + c * D, kh + (c + 1) * D, kbuf.data() + j * D);
+          std::copy(vh + c * D, vh + (c + 1) * D, vbuf.data() + j * D);
+          ++j;
+        }
+        for (const auto& r : ranges) {
+          std::copy(kh + r.lo * D, kh + r.hi * D, kbuf.data() + j * D);
+          std::copy(vh + r.lo * D, vh + r.hi * D, vbuf.data() + j * D);
+          j += r.hi - r.lo;
+        }
       }
       for (int64_t t = 0; t < rows * D; ++t) qbuf[t] = qp[(h * n + q0) * D + t] * fscale;  // scale folded into Q
       auto Q = torch::from_blob(qbuf.data(), {rows, D}, fopt);
