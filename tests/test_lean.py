@@ -132,15 +132,27 @@ def _wide_llama(seed: int = 3):
     return llmaccel.wrap(model, IdTokenizer(), lean_forward=True), None
 
 
+@pytest.mark.parametrize("tiles", [True, False])
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral", "wide-llama"])
-def test_native_layer_matches_python_layer(arch):
+def test_native_layer_matches_python_layer(arch, tiles):
     """The C++ decoder layer (few-row steps) gives the Python lean path's logits to fp32 rounding,
     chains and trees, past Mistral's window, with the cache rolled back in between; contexts past
-    one attention chunk (256 keys) for the wide model."""
+    one attention chunk (256 keys) for the wide model. Multi-token steps' attention both through the
+    layer's register tiles (head dims that are a multiple of the vector width: the wide model, and the
+    others with AVX2) and through SDPA; up to 25 tokens (75 query rows per KV head: more than one row
+    tile, the last one partial)."""
     from llmaccel.kernels import skinny
 
     if not skinny.available():
         pytest.skip("the kernel cannot be built here")
+    skinny.step_attention_tiles(tiles)
+    try:
+        _native_vs_python(arch)
+    finally:
+        skinny.step_attention_tiles(True)
+
+
+def _native_vs_python(arch: str) -> None:
     fast, _ = _wide_llama() if arch == "wide-llama" else _pair(arch, seed=2)
     assert fast.stack.native
     rng = random.Random(7)
@@ -151,8 +163,8 @@ def test_native_layer_matches_python_layer(arch):
     for c in caches:
         fast.forward(prompt, 0, c, keep=1)
     pos = n_prompt
-    for step in range(14):
-        k = rng.choice([1, 1, 2, 3, 4, 5, 9])  # the C++ attention up to 4 tokens, PyTorch's above
+    for step in range(18):
+        k = rng.choice([1, 1, 2, 3, 4, 5, 9, 16, 25])
         ids = torch.randint(0, V, (1, k))
         tree = step % 2 == 1
         depth = block = None

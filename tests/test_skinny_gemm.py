@@ -156,3 +156,24 @@ def test_bad_code_layout_raises():
         skinny.linear(torch.randn(2, 64), codes[..., :-1].contiguous(), 8)  # not a block size
     with pytest.raises(ValueError):
         skinny.linear(torch.randn(2, 32), codes, 8)  # K mismatch
+
+
+@pytest.mark.parametrize("V", [1, 3, 15, 16, 17, 33, 100, 4099])
+def test_argmax_matches_torch(V):
+    """The kernel's argmax is torch.argmax: first index on ties, the first NaN wins, rows of -inf, any length."""
+    g = torch.Generator().manual_seed(V)
+    for rows in (1, 2, 5, 16):
+        x = torch.randn(rows, V, generator=g)
+        x[:, ::7] = x.max()  # ties all over the row
+        cases = [x, torch.randint(0, 3, (rows, V), generator=g).float(), torch.full((rows, V), float("-inf"))]
+        y = x.clone()
+        y[0, V // 2] = float("nan")
+        y[-1, V - 1] = float("nan")
+        y[-1, 0 if V < 3 else 2] = float("nan")
+        cases.append(y)
+        for c in cases:
+            assert torch.equal(skinny.argmax(c), c.argmax(-1))
+    x = torch.randn(2, 3, V, generator=g)
+    assert torch.equal(skinny.argmax(x), x.argmax(-1))  # leading dims kept
+    assert torch.equal(skinny.argmax(x.transpose(0, 1)), x.transpose(0, 1).argmax(-1))  # non-contiguous
+    assert torch.equal(skinny.argmax(x.double()), x.double().argmax(-1))  # other dtypes through torch

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 
 import torch
 
+from llmaccel.kernels import skinny
+
 
 def greedy_targets(logits: torch.Tensor) -> list[int]:
     """logits: (k+1, V) -> the argmax at each position (ties -> lowest id, like transformers)."""
-    return logits.argmax(dim=-1).tolist()
+    return skinny.argmax(logits).tolist()
 
 
 def accept_greedy(draft: Sequence[int], targets: Sequence[int]) -> tuple[int, int]:

@@ -24,8 +24,10 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <vector>
 
+#include "tiles.h"
 #include "vec.h"
 
 torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
@@ -165,6 +167,112 @@ void small_attention(const float* q, int64_t ldq, const float* kb, const float* 
     }
 }
 
+// ---- Attention for steps of several query tokens (draft checks, lookahead trees) ---------------
+//
+// Why: PyTorch's flash kernel took ~75 us per layer of SmolLM2 for a 16-token step at 300 cached
+// tokens (perf of `llmaccel cost`: 13% of the step), for ~0.4 MFLOP of work per head, going through
+// MKL calls per query head. Here, as in small_attention, a work item is one KV head and one chunk of
+// keys for every query row that shares the head (rep heads x T tokens: 48 rows for SmolLM2 at T = 16),
+// and both products run through the register tiles of tiles.h over the keys and values where they lie
+// in the cache. Chunks are merged exactly (flash-decoding).
+bool step_tiles = true;  // skinny.step_attention_tiles() turns them off, to compare with SDPA and to test
+
+// out (T, hq * D), as small_attention; D a multiple of AVL.
+void tile_attention(const float* q, int64_t ldq, const float* kb, const float* vb, int64_t cap, int64_t S,
+                    const bool* mask, int64_t T, int64_t hq, int64_t hkv, int64_t D, float scale, float* out) {
+  const int64_t rep = hq / hkv, R = rep * T;  // query rows per KV head: (head j, token t) -> j * T + t
+  const int64_t RP = (R + AVL - 1) / AVL * AVL;
+  constexpr int64_t CHUNK = 64;  // keys per item: the chunk's St (64 x RP) and V rows stay in L1
+  const int64_t nchunks = (S + CHUNK - 1) / CHUNK, items = hkv * nchunks;
+  const float NEG = -std::numeric_limits<float>::infinity();
+  std::vector<float> qt(hkv * D * RP, 0.0f);  // per KV head: Qt (D, RP), scaled queries transposed
+  for (int64_t g = 0; g < hkv; ++g)
+    for (int64_t r = 0; r < R; ++r) {
+      const float* qr = q + (r % T) * ldq + (g * rep + r / T) * D;
+      for (int64_t d = 0; d < D; ++d) qt[(g * D + d) * RP + r] = qr[d] * scale;
+    }
+  // per item: P V (every element written by values_tile: left uninitialised), row max, row sum
+  std::unique_ptr<float[]> pv_buf(new float[items * R * D]);
+  float* pv = pv_buf.get();
+  std::vector<float> pm(items * R), pl(items * R);
+  at::parallel_for(0, items, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> st(CHUNK * RP);
+    std::vector<const float*> rowp(CHUNK);
+    for (int64_t it = i0; it < i1; ++it) {
+      const int64_t g = it / nchunks, s0 = (it % nchunks) * CHUNK, n = std::min(CHUNK, S - s0);
+      for (int64_t j = 0; j < n; ++j) rowp[j] = kb + (g * cap + s0 + j) * D;
+      const float* qg = qt.data() + g * D * RP;
+      int64_t r0 = 0;
+      for (; r0 + RT * AVL <= RP; r0 += RT * AVL) scores_rows<RT>(qg + r0, RP, D, rowp.data(), n, st.data() + r0);
+      switch ((RP - r0) / AVL) {  // the last rows: fewer than RT vectors
+        case 1: scores_rows<1>(qg + r0, RP, D, rowp.data(), n, st.data() + r0); break;
+        case 2: scores_rows<2>(qg + r0, RP, D, rowp.data(), n, st.data() + r0); break;
+        case 3: scores_rows<3>(qg + r0, RP, D, rowp.data(), n, st.data() + r0); break;
+        default: break;
+      }
+      if (mask)  // hidden keys (from token t's mask row) for the rep rows of token t
+        for (int64_t t = 0; t < T; ++t) {
+          const bool* mrow = mask + t * S + s0;
+          for (int64_t j = 0; j < n; ++j)
+            if (!mrow[j])
+              for (int64_t h = 0; h < rep; ++h) st[j * RP + h * T + t] = NEG;
+        }
+      // softmax numerators down the columns; a row that sees no key of the chunk keeps max -inf, sum 0
+      for (int64_t c0 = 0; c0 < RP; c0 += AVL) {
+        avec vmax = splat(NEG), vsum = splat(0.0f);
+        for (int64_t j = 0; j < n; ++j) {
+          const avec x = aload(st.data() + j * RP + c0);
+          vmax = x > vmax ? x : vmax;
+        }
+        const avec sub = vmax == splat(NEG) ? splat(0.0f) : vmax;  // exp(-inf - 0) = 0, not NaN
+        for (int64_t j = 0; j < n; ++j) {
+          float* sp = st.data() + j * RP + c0;
+          const avec e = vexp(aload(sp) - sub);
+          astore(sp, e);
+          vsum += e;
+        }
+        for (int64_t l = 0; l < AVL && c0 + l < R; ++l) {
+          pm[it * R + c0 + l] = vmax[l];
+          pl[it * R + c0 + l] = vsum[l];
+        }
+      }
+      for (int64_t j = 0; j < n; ++j) rowp[j] = vb + (g * cap + s0 + j) * D;
+      float* o = pv + it * R * D;
+      for (int64_t d0 = 0; d0 < D; d0 += DT * AVL) {
+        const int64_t nd = std::min<int64_t>(DT, (D - d0) / AVL);
+        for (int64_t i = 0; i < R; i += IT) {
+          const int64_t ni = std::min<int64_t>(IT, R - i);
+          switch (nd) {  // DT is at most 4
+            case 1: values_rows<1>(ni, st.data() + i, RP, n, rowp.data(), d0, true, nullptr, o + i * D, D); break;
+            case 2: values_rows<2>(ni, st.data() + i, RP, n, rowp.data(), d0, true, nullptr, o + i * D, D); break;
+            case 3: values_rows<3>(ni, st.data() + i, RP, n, rowp.data(), d0, true, nullptr, o + i * D, D); break;
+            default: values_rows<DT>(ni, st.data() + i, RP, n, rowp.data(), d0, true, nullptr, o + i * D, D); break;
+          }
+        }
+      }
+    }
+  });
+  // merge the chunks of each KV head: weights exp(m_c - M), as in one softmax over all keys
+  for (int64_t g = 0; g < hkv; ++g)
+    for (int64_t r = 0; r < R; ++r) {
+      float M = NEG;
+      for (int64_t c = 0; c < nchunks; ++c) M = std::max(M, pm[(g * nchunks + c) * R + r]);
+      float* o = out + (r % T) * hq * D + (g * rep + r / T) * D;
+      std::fill(o, o + D, 0.0f);
+      float L = 0;
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const int64_t it = g * nchunks + c;
+        if (pm[it * R + r] == NEG) continue;
+        const float w = std::exp(pm[it * R + r] - M);
+        L += pl[it * R + r] * w;
+        const float* pr = pv + (it * R + r) * D;
+        for (int64_t d = 0; d < D; ++d) o[d] += pr[d] * w;
+      }
+      const float inv = 1.0f / L;
+      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+    }
+}
+
 void add_into(float* h, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) h[i] += y[i];
 }
@@ -176,12 +284,19 @@ void check(const torch::Tensor& t, const char* name) {
 
 }  // namespace
 
+// Multi-token steps' attention through tile_attention (on) or PyTorch's SDPA; returns the setting.
+bool step_attention_tiles(bool on) {
+  step_tiles = on;
+  return on;
+}
+
 // h (T, H) in place. qkv_packed: q, k, v weights stacked (qkv_n = (hq + 2 hkv) D outputs), optional
 // bias; o_packed: H outputs; gu_packed: gate and up stacked (gu_n = 2 I); down_packed: H outputs.
 // cos, sin: (T, D) for the step's positions. kbuf, vbuf: (1, hkv, capacity, D) with `start` valid
 // entries; the step's keys and values are written at start..start+T-1 (capacity must allow it).
 // mask: (1, 1, T, start + T) bool (true = attend) or none (every key visible). Steps of up to
-// small_attention_max_t tokens use small_attention, longer ones PyTorch's SDPA.
+// small_attention_max_t tokens use small_attention, longer ones tile_attention (head dims that are a
+// multiple of the vector width; others PyTorch's SDPA).
 void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor& qkv_packed, int64_t qkv_n,
                  const c10::optional<torch::Tensor>& qkv_bias, const torch::Tensor& o_packed, const torch::Tensor& ln2,
                  const torch::Tensor& gu_packed, int64_t gu_n, const torch::Tensor& down_packed,
@@ -226,14 +341,15 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
   }
   const int64_t S = start + T;
   torch::Tensor a;
-  if (T <= small_attention_max_t) {
+  if (T <= small_attention_max_t || (step_tiles && D % AVL == 0)) {
     a = torch::empty({T, hq * D}, h.options());
     torch::Tensor m;
     if (mask.has_value() && mask->defined()) {
       m = mask->reshape({T, S}).to(torch::kBool).contiguous();
     }
-    small_attention(qp, qkv_n, kp, vp, cap, S, m.defined() ? m.data_ptr<bool>() : nullptr, T, hq, hkv, D,
-                    static_cast<float>(scaling), a.data_ptr<float>());
+    const bool* mp = m.defined() ? m.data_ptr<bool>() : nullptr;
+    (T <= small_attention_max_t ? small_attention : tile_attention)(qp, qkv_n, kp, vp, cap, S, mp, T, hq, hkv, D,
+                                                                   static_cast<float>(scaling), a.data_ptr<float>());
   } else {
     auto q = qkv.view({T, hq + 2 * hkv, D}).narrow(1, 0, hq).transpose(0, 1).unsqueeze(0);  // (1, hq, T, D)
     auto keys = kbuf.narrow(2, 0, S);  // (1, hkv, S, D)

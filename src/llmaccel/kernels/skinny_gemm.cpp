@@ -61,6 +61,7 @@
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
+#include <omp.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -323,12 +324,12 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// Splits x (M, K) into the bf16 parts of each block, parts[part][b][r][32] (bf16 bit patterns), and
-// sums each block of each row, xsum[r][b].
-static void split_bf16(const float* x, int64_t M, int64_t K, uint16_t* parts, float* xsum) {
+// Splits rows [r0, r1) of x (M, K) into the bf16 parts of each block, parts[part][b][r][32] (bf16 bit
+// patterns), and sums each block of each row, xsum[r][b].
+static void split_bf16(const float* x, int64_t M, int64_t K, int64_t r0, int64_t r1, uint16_t* parts, float* xsum) {
   const int64_t nb = K / QB;
   const __m512i top_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
-  for (int64_t r = 0; r < M; ++r)
+  for (int64_t r = r0; r < r1; ++r)
     for (int64_t b = 0; b < nb; ++b) {
       __m512 sum = _mm512_setzero_ps();
       for (int h = 0; h < 2; ++h) {
@@ -505,14 +506,24 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
   // even a few panels are worth splitting, the work is bandwidth bound.
 #ifdef LLMACCEL_AMX
   if (W.q && M >= AMX_MIN_ROWS && amx_enabled && amx_permitted()) {
-    // uninitialised: split_bf16 writes every element (zero-filling them was ~1% of a 16-token step's
-    // samples, on the calling thread while the other waited)
-    std::unique_ptr<uint16_t[]> parts(new uint16_t[3 * M * K]);
-    std::unique_ptr<float[]> xsum(new float[M * (K / QB)]);  // X[r][b]: the block sums of x
-    split_bf16(xp, M, K, parts.get(), xsum.get());
-    at::parallel_for(0, npanels, 1, [&](int64_t p0, int64_t p1) {
-      run_panels_amx(parts.get(), xsum.get(), M, K, W, n, bptr, yp, p0, p1);
-    });
+    // One parallel region: each thread splits its share of the rows, waits for the others, then runs
+    // its panels. (Splitting on the calling thread before the region left the other thread idle:
+    // ~8% of a 16-token step's time, perf.) The buffers are the calling thread's and stay allocated;
+    // split_bf16 writes every element.
+    thread_local std::vector<uint16_t> parts_buf;
+    thread_local std::vector<float> xsum_buf;
+    if (parts_buf.size() < static_cast<size_t>(3 * M * K)) parts_buf.resize(3 * M * K);
+    if (xsum_buf.size() < static_cast<size_t>(M * (K / QB))) xsum_buf.resize(M * (K / QB));
+    uint16_t* parts = parts_buf.data();
+    float* xsum = xsum_buf.data();  // X[r][b]: the block sums of x
+    const int nt = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), npanels));
+#pragma omp parallel num_threads(nt)
+    {
+      const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
+      split_bf16(xp, M, K, M * t / T, M * (t + 1) / T, parts, xsum);
+#pragma omp barrier
+      run_panels_amx(parts, xsum, M, K, W, n, bptr, yp, npanels * t / T, npanels * (t + 1) / T);
+    }
     return y;
   }
 #endif
@@ -544,6 +555,7 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
                  const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kbuf, torch::Tensor vbuf,
                  int64_t start, const c10::optional<torch::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
                  double scaling, int64_t small_attention_max_t);
+bool step_attention_tiles(bool on);
 
 // sparse_attention.cpp
 std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -554,11 +566,16 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
 
 bool sparse_hand_tiles(bool on);
 
+// argmax.cpp
+torch::Tensor argmax_rows(const torch::Tensor& logits);
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny_linear, "y = x @ W^T + b with W packed in panels (see skinny.py)");
   m.def("llama_layer", &llama_layer, "one Llama-family decoder layer for a decoding step, in place (see lean.py)");
+  m.def("step_attention_tiles", &step_attention_tiles, "multi-token steps' attention: register tiles (on) or SDPA; returns which");
   m.def("sparse_attention", &sparse_attention, "causal attention over selected keys per query block (see sparse/kernels.py)");
   m.def("sparse_hand_tiles", &sparse_hand_tiles, "sparse attention's products: register tiles (on) or gather + at::mm_out; returns which");
+  m.def("argmax_rows", &argmax_rows, "argmax over the last dim of fp32 CPU logits, first index on ties, NaN first (as torch.argmax)");
   m.def("panel_width", &panel_width, "NB: output features per packed panel");
   m.def("use_amx", &use_amx, "AMX tiles for code-block weights on/off; returns whether they are used");
   m.def("code_block", &code_block, "k steps per code block of block-coded weights");

@@ -30,74 +30,12 @@
 #include <limits>
 #include <vector>
 
+#include "tiles.h"
 #include "vec.h"
 
 namespace {
 
 bool hand_tiles = true;  // skinny.sparse_hand_tiles() turns them off, to compare and to test both paths
-
-// Register tiles: RT vectors of rows x JT keys for the scores, IT rows x DT vectors of head dim for P V
-// (24 accumulators with AVX-512's 32 registers, 10-12 with AVX2's 16).
-constexpr int RT = AVL == 16 ? 4 : 2;
-constexpr int JT = AVL == 16 ? 6 : 5;
-constexpr int IT = 6;
-constexpr int DT = AVL == 16 ? 4 : 2;
-
-// St[j, r0 + 0 .. RT*AVL) = sum_d Qt[d, r0 + ..] * krow[j][d] for NJ keys; qt points at column r0 of
-// Qt (D, RP), st at row 0 column r0 of this tile's keys in St (., RP).
-template <int NJ>
-void scores_tile(const float* qt, int64_t RP, int64_t D, const float* const* krow, float* st) {
-  avec acc[NJ][RT];
-  for (int j = 0; j < NJ; ++j)
-    for (int r = 0; r < RT; ++r) acc[j][r] = splat(0.0f);
-  for (int64_t d = 0; d < D; ++d) {
-    avec qv[RT];
-    for (int r = 0; r < RT; ++r) qv[r] = aload(qt + d * RP + r * AVL);
-    for (int j = 0; j < NJ; ++j) {
-      const avec kb = bcast(krow[j] + d);
-      for (int r = 0; r < RT; ++r) acc[j][r] += kb * qv[r];
-    }
-  }
-  for (int j = 0; j < NJ; ++j)
-    for (int r = 0; r < RT; ++r) astore(st + j * RP + r * AVL, acc[j][r]);
-}
-
-// out[i, d0 ..) (+)= sum_j St[j, i] * vrow[j][d0 ..] over nk keys for NI rows and ND vectors of head dim:
-// the first key chunk stores, later ones accumulate; rsum (the last chunk) scales the rows.
-template <int NI, int ND>
-void values_tile(const float* st, int64_t RP, int64_t nk, const float* const* vrow, int64_t d0, bool first,
-                 const float* rsum, float* out, int64_t D) {
-  avec acc[NI][ND];
-  for (int i = 0; i < NI; ++i)
-    for (int c = 0; c < ND; ++c) acc[i][c] = first ? splat(0.0f) : aload(out + i * D + d0 + c * AVL);
-  for (int64_t j = 0; j < nk; ++j) {
-    avec vv[ND];
-    for (int c = 0; c < ND; ++c) vv[c] = aload(vrow[j] + d0 + c * AVL);
-    for (int i = 0; i < NI; ++i) {
-      const avec pb = bcast(st + j * RP + i);
-      for (int c = 0; c < ND; ++c) acc[i][c] += pb * vv[c];
-    }
-  }
-  if (rsum) {
-    for (int i = 0; i < NI; ++i)
-      for (int c = 0; c < ND; ++c) acc[i][c] *= splat(rsum[i]);
-  }
-  for (int i = 0; i < NI; ++i)
-    for (int c = 0; c < ND; ++c) astore(out + i * D + d0 + c * AVL, acc[i][c]);
-}
-
-template <int ND>
-void values_rows(int64_t ni, const float* st, int64_t RP, int64_t nk, const float* const* vrow, int64_t d0,
-                 bool first, const float* rsum, float* out, int64_t D) {
-  switch (ni) {
-    case 1: return values_tile<1, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
-    case 2: return values_tile<2, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
-    case 3: return values_tile<3, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
-    case 4: return values_tile<4, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
-    case 5: return values_tile<5, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
-    default: return values_tile<IT, ND>(st, RP, nk, vrow, d0, first, rsum, out, D);
-  }
-}
 
 // One work item through the register tiles: keys at kpos[0 .. m) (the diagonal block's `rows` keys
 // last), q rows already scaled; writes out rows (rows, D) and lse. RP = rows rounded up to RT * AVL.
@@ -113,20 +51,7 @@ void item_tiles(const float* qrows, int64_t rows, int64_t q0, int64_t D, const f
   st.resize(m * RP);
   rowp.resize(m);
   for (int64_t j = 0; j < m; ++j) rowp[j] = kh + kpos[j] * D;
-  for (int64_t r0 = 0; r0 < RP; r0 += RT * AVL) {
-    int64_t j = 0;
-    for (; j + JT <= m; j += JT) scores_tile<JT>(qt.data() + r0, RP, D, rowp.data() + j, st.data() + j * RP + r0);
-    const float* const* kr = rowp.data() + j;
-    float* sj = st.data() + j * RP + r0;
-    switch (m - j) {  // JT is at most 6
-      case 1: scores_tile<1>(qt.data() + r0, RP, D, kr, sj); break;
-      case 2: scores_tile<2>(qt.data() + r0, RP, D, kr, sj); break;
-      case 3: scores_tile<3>(qt.data() + r0, RP, D, kr, sj); break;
-      case 4: scores_tile<4>(qt.data() + r0, RP, D, kr, sj); break;
-      case 5: scores_tile<5>(qt.data() + r0, RP, D, kr, sj); break;
-      default: break;
-    }
-  }
+  for (int64_t r0 = 0; r0 < RP; r0 += RT * AVL) scores_rows<RT>(qt.data() + r0, RP, D, rowp.data(), m, st.data() + r0);
   // causal: key q0 + p of the diagonal block (column m - rows + p) is hidden from rows i < p
   for (int64_t p = 1; p < rows; ++p) std::fill(st.data() + (m - rows + p) * RP, st.data() + (m - rows + p) * RP + p, neg_inf);
   if (window > 0) {  // sliding window: row i hides key kpos[j] when q0 + i - kpos[j] >= window
