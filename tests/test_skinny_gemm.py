@@ -97,7 +97,7 @@ def test_codes_equal_fp32_panels_bitwise(bits, n, k):
     assert codes.dtype == torch.uint8 and codes.shape[:2] == (panels.shape[0], k // 32)
     assert codes.numel() < panels.numel() * 4  # fewer bytes than the fp32 panels
     b = torch.randn(n, generator=g)
-    amx = skinny.use_amx(False)  # the vector path: the same fp32 products and sums as the fp32 panels
+    skinny.use_amx(False)  # the vector path: the same fp32 products and sums as the fp32 panels
     try:
         for m_rows in [1, 2, 3, 8, 9, 16, 17, 33, 40]:
             x = torch.randn(m_rows, k, generator=g)
@@ -106,7 +106,7 @@ def test_codes_equal_fp32_panels_bitwise(bits, n, k):
             assert torch.equal(skinny.linear(x, codes, n), skinny.linear(x, panels, n))
             torch.testing.assert_close(skinny.linear(x, codes, n, b), F.linear(x, w, b), rtol=1e-5, atol=2e-5)
     finally:
-        skinny.use_amx(True)
+        amx = skinny.use_amx(True)  # whether this CPU has the AMX path (use_amx(False) returns False)
     if amx:  # AMX tiles (CPUs that have them, for 8+ rows): block sums regrouped, fp32 accuracy
         for m_rows in [8, 9, 16, 17, 33, 40]:
             x = torch.randn(m_rows, k, generator=g) * 3
@@ -177,3 +177,18 @@ def test_argmax_matches_torch(V):
     assert torch.equal(skinny.argmax(x), x.argmax(-1))  # leading dims kept
     assert torch.equal(skinny.argmax(x.transpose(0, 1)), x.transpose(0, 1).argmax(-1))  # non-contiguous
     assert torch.equal(skinny.argmax(x.double()), x.double().argmax(-1))  # other dtypes through torch
+
+
+@pytest.mark.parametrize("T, I", [(1, 1536), (3, 40), (16, 1536), (25, 37), (4, 7)])
+def test_silu_mul_equals_aten_bitwise(T, I):
+    """The C++ layer's MLP activation is at::silu(gate) * up to the bit (the same vector exp as ATen's own
+    kernel on this CPU), full vectors and tails, over values from tiny to past exp's overflow."""
+    g = torch.Generator().manual_seed(T * 100 + I)
+    gu = torch.randn(T, 2 * I, generator=g) * torch.logspace(-6, 2.2, 2 * I)[torch.randperm(2 * I, generator=g)]
+    gu[0, :3] = torch.tensor([0.0, -100.0, 89.0])[: min(3, I)]
+    want = F.silu(gu[:, :I]) * gu[:, I:]
+    got = skinny.silu_mul(gu)
+    assert got.shape == (T, I) and torch.equal(got, want)
+    assert torch.equal(skinny.silu_mul(gu.T.contiguous().T), want)  # a strided input is read as its values
+    with pytest.raises(ValueError, match="silu_mul"):
+        skinny.silu_mul(gu[:, :-1])

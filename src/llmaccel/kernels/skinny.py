@@ -243,6 +243,11 @@ def sparse_attention(*args) -> list[torch.Tensor]:
     return (_ext or _load()).sparse_attention(*args)
 
 
+def silu_mul(gu: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gu (T, 2 I) = [gate | up]: the C++ layer's MLP activation (for the tests)."""
+    return (_ext or _load()).silu_mul(gu)
+
+
 def llama_layer(*args) -> None:
     """One Llama-family decoder layer for a decoding step, in place (decoder_layer.cpp has the contract)."""
     (_ext or _load()).llama_layer(*args)

@@ -329,59 +329,107 @@ struct alignas(64) TileConfig {
 static void split_bf16(const float* x, int64_t M, int64_t K, int64_t r0, int64_t r1, uint16_t* parts, float* xsum) {
   const int64_t nb = K / QB;
   const __m512i top_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
+  // the high words of two vectors of 16 floats, in order: one 64-byte store per part
+  alignas(64) static const uint16_t odd_words[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
+                                                     33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
+  const __m512i high_words = _mm512_load_si512(odd_words);
   for (int64_t r = r0; r < r1; ++r)
     for (int64_t b = 0; b < nb; ++b) {
-      __m512 sum = _mm512_setzero_ps();
-      for (int h = 0; h < 2; ++h) {
-        __m512 v = _mm512_loadu_ps(x + r * K + b * QB + h * 16);
-        sum = _mm512_add_ps(sum, v);
-        for (int part = 0; part < 3; ++part) {
-          const __m512i top = _mm512_and_si512(_mm512_castps_si512(v), top_mask);  // truncation: v - top is exact
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(parts + ((part * nb + b) * M + r) * QB + h * 16),
-                              _mm512_cvtepi32_epi16(_mm512_srli_epi32(top, 16)));
-          v = _mm512_sub_ps(v, _mm512_castsi512_ps(top));
-        }
+      __m512 v0 = _mm512_loadu_ps(x + r * K + b * QB), v1 = _mm512_loadu_ps(x + r * K + b * QB + 16);
+      xsum[r * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
+      for (int part = 0; part < 3; ++part) {
+        // truncation: v - top is exact
+        const __m512i t0 = _mm512_and_si512(_mm512_castps_si512(v0), top_mask);
+        const __m512i t1 = _mm512_and_si512(_mm512_castps_si512(v1), top_mask);
+        _mm512_storeu_si512(parts + ((part * nb + b) * M + r) * QB, _mm512_permutex2var_epi16(t0, high_words, t1));
+        v0 = _mm512_sub_ps(v0, _mm512_castsi512_ps(t0));
+        v1 = _mm512_sub_ps(v1, _mm512_castsi512_ps(t1));
       }
-      xsum[r * nb + b] = _mm512_reduce_add_ps(sum);
     }
 }
 
-// The codes of one panel block for output columns [16 g, 16 g + 16) -> a B tile in AMX's pair layout:
-// tile[kp][2 j + e] = bf16(q[16 g + j][2 kp + e]).
-static inline void decode_tile(const Packed& W, const uint8_t* blk, int g, uint16_t* t) {
-  const __m512i table = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,  //
-                                         0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
-                                         0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000);
-  const uint8_t* c = blk + 8 * NB + g * 16;
+// The codes of one panel block -> its three B tiles (output columns [16 g, 16 g + 16)) in AMX's pair
+// layout: t[g][kp][2 j + e] = bf16(q[16 g + j][2 kp + e]).
+static inline void decode_block(const Packed& W, const uint8_t* blk, uint16_t* t /* [3][16 * 32] */) {
+  const uint8_t* c = blk + 8 * NB;
   if (W.bits == 4) {
-    for (int64_t kp = 0; kp < 16; ++kp) {
-      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + kp * NB)));
-      const __m512i idx = _mm512_or_si512(_mm512_and_si512(v, _mm512_set1_epi32(0xF)),
-                                          _mm512_slli_epi32(_mm512_and_si512(v, _mm512_set1_epi32(0xF0)), 12));
-      _mm512_storeu_si512(t + kp * 32, _mm512_permutexvar_epi16(idx, table));
+    // vpermw reads 5 index bits per word: with idx = v | v << 12 the low word is the byte (its low
+    // nibble, plus bit 4, which the table's repeated half ignores) and the high word its high nibble.
+    const __m512i table = _mm512_set_epi16(0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
+                                           0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000,
+                                           0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
+                                           0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000);
+#pragma GCC unroll 48
+    for (int64_t i = 0; i < 48; ++i) {
+      const int64_t kp = i / 3, g = i % 3;
+      const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(c + kp * NB + g * 16)));
+      _mm512_store_si512(t + g * 512 + kp * 32,
+                         _mm512_permutexvar_epi16(_mm512_or_si512(v, _mm512_slli_epi32(v, 12)), table));
     }
   } else {
-    for (int64_t kp = 0; kp < 16; ++kp) {
-      const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 2 * kp * NB));
-      const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + (2 * kp + 1) * NB));
-      const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi8(r0, r1)));
-      const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi8(r0, r1)));
-      const __m512bh both = _mm512_cvtne2ps_pbh(hi, lo);  // exact: |q| <= 127
-      _mm512_storeu_si512(t + kp * 32, reinterpret_cast<const __m512i&>(both));
-    }
+    for (int g = 0; g < 3; ++g)
+#pragma GCC unroll 16
+      for (int64_t kp = 0; kp < 16; ++kp) {
+        const __m128i r0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + 2 * kp * NB + g * 16));
+        const __m128i r1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c + (2 * kp + 1) * NB + g * 16));
+        const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpacklo_epi8(r0, r1)));
+        const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_unpackhi_epi8(r0, r1)));
+        const __m512bh both = _mm512_cvtne2ps_pbh(hi, lo);  // exact: |q| <= 127
+        _mm512_store_si512(t + g * 512 + kp * 32, reinterpret_cast<const __m512i&>(both));
+      }
   }
 }
 
 static_assert(NB == 48, "the AMX path runs a panel as three 16-column tiles");
 
-// Panels [p0, p1): per block, the three 16-column tiles of a panel are three independent tile
-// products (C0..C2) sharing each A tile, so the tile unit has three chains to overlap.
+// One block of rows [r0, r0 + rows): C_g = sum over the three parts of A_part B_g, stored to cb[g].
+// Tiles: C0..C2 = 0..2, A = 3 and 7 (two parts in flight), B0..B2 = 4..6; the three C chains share
+// each A tile so the tile unit has independent products to overlap.
+static inline void block_tiles(const uint16_t* parts, int64_t nb, int64_t M, int64_t r0, int64_t b,
+                               const uint16_t* bt, float* cb) {
+  _tile_loadd(4, bt, 64);
+  _tile_loadd(5, bt + 512, 64);
+  _tile_loadd(6, bt + 1024, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_loadd(3, parts + ((0 * nb + b) * M + r0) * QB, 64);
+  _tile_loadd(7, parts + ((1 * nb + b) * M + r0) * QB, 64);
+  _tile_dpbf16ps(0, 3, 4);
+  _tile_dpbf16ps(1, 3, 5);
+  _tile_dpbf16ps(2, 3, 6);
+  _tile_dpbf16ps(0, 7, 4);
+  _tile_dpbf16ps(1, 7, 5);
+  _tile_dpbf16ps(2, 7, 6);
+  _tile_loadd(3, parts + ((2 * nb + b) * M + r0) * QB, 64);
+  _tile_dpbf16ps(0, 3, 4);
+  _tile_dpbf16ps(1, 3, 5);
+  _tile_dpbf16ps(2, 3, 6);
+  _tile_stored(0, cb, 64);
+  _tile_stored(1, cb + 256, 64);
+  _tile_stored(2, cb + 512, 64);
+}
+
+// acc[g][r] += d_g * C_g[r] + m_g * X[r][b] for one block (dm: its d and m, xs: &X[r0][b]).
+static inline void scale_block(const float* dm, const float* cb, const float* xs, int64_t nb, int64_t rows, float* acc) {
+  for (int g = 0; g < 3; ++g) {
+    const __m512 d = _mm512_loadu_ps(dm + g * 16), m = _mm512_loadu_ps(dm + NB + g * 16);
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512 s = _mm512_fmadd_ps(d, _mm512_load_ps(cb + g * 256 + r * 16), _mm512_load_ps(acc + g * 256 + r * 16));
+      _mm512_store_ps(acc + g * 256 + r * 16, _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * nb]), s));
+    }
+  }
+}
+
+// Panels [p0, p1), each block: decode, tile products, scale, in that order. (Decoding a block ahead
+// and scaling one behind measured no faster: tile and vector work do not overlap here, see above.)
 static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, int64_t K, const Packed& W,
                            int64_t n, const float* bias, float* y, int64_t p0, int64_t p1) {
-  const int64_t nb = K / QB, panel_bytes = nb * W.block_bytes;
-  alignas(64) uint16_t btile[3][16 * 32];
-  alignas(64) float cbuf[3][AMX_ROWS * 16];
-  alignas(64) float acc[3][AMX_ROWS * 16];
+  const int64_t nb = K / QB, bb = W.block_bytes, panel_bytes = nb * bb;
+  alignas(64) uint16_t btile[3 * 16 * 32];
+  alignas(64) float cbuf[3 * AMX_ROWS * 16];
+  alignas(64) float acc[3 * AMX_ROWS * 16];
+  const uint8_t* stream_end = W.q + p1 * panel_bytes;
   int64_t configured = -1;
   for (int64_t p = p0; p < p1; ++p) {
     const uint8_t* panel = W.q + p * panel_bytes;
@@ -389,51 +437,36 @@ static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, 
       const int64_t rows = std::min(AMX_ROWS, M - r0);
       if (rows != configured) {
         TileConfig cfg;
-        for (int t = 0; t < 4; ++t) cfg.rows[t] = rows, cfg.colsb[t] = 64;  // C0..C2: rows x 16 fp32; A: rows x 32 bf16
-        for (int t = 4; t < 7; ++t) cfg.rows[t] = 16, cfg.colsb[t] = 64;    // B0..B2: 16 k pairs x 16 columns x 2
-        _tile_loadconfig(&cfg);
+        for (int t : {0, 1, 2, 3, 7}) cfg.rows[t] = rows, cfg.colsb[t] = 64;  // C: rows x 16 fp32; A: rows x 32 bf16
+        for (int t : {4, 5, 6}) cfg.rows[t] = 16, cfg.colsb[t] = 64;         // B: 16 k pairs x 16 columns x 2
+        // not _tile_loadconfig: GCC declares its operand as 8 bytes, so stores to the rest of cfg may be
+        // dropped as dead (seen: garbage configs, a crash)
+        asm volatile("ldtilecfg %0" ::"m"(cfg));
         configured = rows;
       }
-      for (int g = 0; g < 3; ++g)
-        for (int64_t r = 0; r < rows; ++r)
-          for (int j = 0; j < 16; ++j) {
-            const int64_t col = p * NB + g * 16 + j;
-            acc[g][r * 16 + j] = bias && col < n ? bias[col] : 0.0f;
-          }
+      for (int g = 0; g < 3; ++g) {
+        const int64_t c0 = p * NB + g * 16;
+        const __mmask16 keep = c0 >= n ? 0 : static_cast<__mmask16>((1u << std::min<int64_t>(16, n - c0)) - 1);
+        const __m512 start = bias ? _mm512_maskz_loadu_ps(keep, bias + c0) : _mm512_setzero_ps();
+        for (int64_t r = 0; r < rows; ++r) _mm512_store_ps(acc + g * 256 + r * 16, start);
+      }
+      const float* xs = xsum + r0 * nb;
       for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = panel + b * W.block_bytes;
-        if (r0 == 0)
-          for (int64_t off = 0; off < W.block_bytes; off += 64) __builtin_prefetch(blk + Q_PF_DIST + off, 0, 2);
-        for (int g = 0; g < 3; ++g) decode_tile(W, blk, g, btile[g]);
-        _tile_loadd(4, btile[0], 64);
-        _tile_loadd(5, btile[1], 64);
-        _tile_loadd(6, btile[2], 64);
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        for (int part = 0; part < 3; ++part) {
-          _tile_loadd(3, parts + ((part * nb + b) * M + r0) * QB, 64);
-          _tile_dpbf16ps(0, 3, 4);
-          _tile_dpbf16ps(1, 3, 5);
-          _tile_dpbf16ps(2, 3, 6);
+        if (r0 == 0) {  // the same block of the next panel: this thread's stream, a panel ahead
+          const uint8_t* pf = panel + panel_bytes + b * bb;
+          for (int64_t off = 0; off < bb; off += 64)
+            if (pf + off < stream_end) __builtin_prefetch(pf + off, 0, 2);
         }
-        _tile_stored(0, cbuf[0], 64);
-        _tile_stored(1, cbuf[1], 64);
-        _tile_stored(2, cbuf[2], 64);
-        const float* dm = reinterpret_cast<const float*>(blk);
-        for (int g = 0; g < 3; ++g) {
-          const __m512 d = _mm512_loadu_ps(dm + g * 16), m = _mm512_loadu_ps(dm + NB + g * 16);
-          for (int64_t r = 0; r < rows; ++r) {
-            const __m512 s = _mm512_fmadd_ps(d, _mm512_load_ps(cbuf[g] + r * 16), _mm512_load_ps(acc[g] + r * 16));
-            _mm512_store_ps(acc[g] + r * 16, _mm512_fmadd_ps(m, _mm512_set1_ps(xsum[(r0 + r) * nb + b]), s));
-          }
-        }
+        decode_block(W, panel + b * bb, btile);
+        block_tiles(parts, nb, M, r0, b, btile, cbuf);
+        scale_block(reinterpret_cast<const float*>(panel + b * bb), cbuf, xs + b, nb, rows, acc);
       }
       for (int g = 0; g < 3; ++g) {
         const int64_t c0 = p * NB + g * 16;
         if (c0 >= n) break;
         const __mmask16 keep = static_cast<__mmask16>((1u << std::min<int64_t>(16, n - c0)) - 1);
-        for (int64_t r = 0; r < rows; ++r) _mm512_mask_storeu_ps(y + (r0 + r) * n + c0, keep, _mm512_load_ps(acc[g] + r * 16));
+        for (int64_t r = 0; r < rows; ++r)
+          _mm512_mask_storeu_ps(y + (r0 + r) * n + c0, keep, _mm512_load_ps(acc + g * 256 + r * 16));
       }
     }
   }
@@ -556,6 +589,7 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
                  int64_t start, const c10::optional<torch::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
                  double scaling, int64_t small_attention_max_t);
 bool step_attention_tiles(bool on);
+torch::Tensor silu_mul(const torch::Tensor& gu);
 
 // sparse_attention.cpp
 std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -577,6 +611,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_hand_tiles", &sparse_hand_tiles, "sparse attention's products: register tiles (on) or gather + at::mm_out; returns which");
   m.def("argmax_rows", &argmax_rows, "argmax over the last dim of fp32 CPU logits, first index on ties, NaN first (as torch.argmax)");
   m.def("panel_width", &panel_width, "NB: output features per packed panel");
+  m.def("silu_mul", &silu_mul, "silu(gate) * up for gu (T, 2 I) = [gate | up], as the C++ layer computes it");
   m.def("use_amx", &use_amx, "AMX tiles for code-block weights on/off; returns whether they are used");
   m.def("code_block", &code_block, "k steps per code block of block-coded weights");
   m.def("row_block", &row_block, "MR: rows of x per register tile");
