@@ -5,9 +5,9 @@
 // small ops per layer around them (RMSNorm as seven aten ops, RoPE, the cache write, SiLU, residuals)
 // cost ~5 ms more through Python, almost all of it per-call overhead on vectors of a few KB. Here
 // RMSNorm, RoPE, the cache write and the residual adds are plain loops, the linears call the skinny
-// kernel directly, SiLU is ATen's (vectorised), and attention is our own for 1-token steps
-// (small_attention below) and PyTorch's flash kernel with grouped KV heads read in place for longer
-// steps, all without Python in between.
+// kernel directly, SiLU uses ATen's vector exp, and attention is our own for short steps
+// (small_attention below) and for longer ones (tile_attention; PyTorch's flash kernel where the head
+// dim is not a multiple of the vector width), all without Python in between.
 //
 // Numerics: the same formulas as transformers' modules (RMSNorm: w * (x * rsqrt(mean(x^2) + eps));
 // RoPE: q * cos + rotate_half(q) * sin), fp32 throughout, no -ffast-math; sums and FMA contraction
@@ -177,18 +177,12 @@ void small_attention(const float* q, int64_t ldq, const float* kb, const float* 
     }
 }
 
-// ---- Attention for steps of several query tokens (draft checks, lookahead trees) ---------------
+// ---- MLP activation ----------------------------------------------------------------------------
 //
-// Why: PyTorch's flash kernel took ~75 us per layer of SmolLM2 for a 16-token step at 300 cached
-// tokens (perf of `llmaccel cost`: 13% of the step), for ~0.4 MFLOP of work per head, going through
-// MKL calls per query head. Here, as in small_attention, a work item is one KV head and one chunk of
-// keys for every query row that shares the head (rep heads x T tokens: 48 rows for SmolLM2 at T = 16),
-// and both products run through the register tiles of tiles.h over the keys and values where they lie
-// in the cache. Chunks are merged exactly (flash-decoding).
 // out[t][i] = silu(gu[t][i]) * gu[t][I + i], gu (T, 2 I), out (T, I). SiLU as ATen computes it
 // (x / (1 + exp(-x)) on ATen's vectors, std::exp on a tail), so the result is at::silu(gate) * up to the
-// bit (tested); one pass over the rows in parallel instead of two serial ATen ops: at 16 rows of 1536,
-// 0.70 -> see BENCHMARKS.md.
+// bit (tested); one pass over the rows in parallel instead of two serial ATen ops (those took 0.70 ms of
+// a 16-token step of SmolLM2).
 void silu_mul(const float* gu, int64_t T, int64_t I, float* out) {
   using Vec = at::vec::Vectorized<float>;
   constexpr int64_t W = Vec::size();
@@ -212,6 +206,14 @@ void silu_mul(const float* gu, int64_t T, int64_t I, float* out) {
     rows(0, T);
 }
 
+// ---- Attention for steps of several query tokens (draft checks, lookahead trees) ---------------
+//
+// Why: PyTorch's flash kernel took ~75 us per layer of SmolLM2 for a 16-token step at 300 cached
+// tokens (perf of `llmaccel cost`: 13% of the step), for ~0.4 MFLOP of work per head, going through
+// MKL calls per query head. Here, as in small_attention, a work item is one KV head and one chunk of
+// keys for every query row that shares the head (rep heads x T tokens: 48 rows for SmolLM2 at T = 16),
+// and both products run through the register tiles of tiles.h over the keys and values where they lie
+// in the cache. Chunks are merged exactly (flash-decoding).
 bool step_tiles = true;  // skinny.step_attention_tiles() turns them off, to compare with SDPA and to test
 
 // out (T, hq * D), as small_attention; D a multiple of AVL.
@@ -321,7 +323,6 @@ void check(const torch::Tensor& t, const char* name) {
 
 }  // namespace
 
-// Multi-token steps' attention through tile_attention (on) or PyTorch's SDPA; returns the setting.
 // silu(gate) * up for gu (T, 2 I) = [gate | up]: the layer's MLP activation, exposed for the tests.
 torch::Tensor silu_mul(const torch::Tensor& gu) {
   TORCH_CHECK_VALUE(gu.dim() == 2 && gu.size(1) % 2 == 0 && gu.scalar_type() == torch::kFloat && gu.device().is_cpu(),
@@ -332,6 +333,7 @@ torch::Tensor silu_mul(const torch::Tensor& gu) {
   return out;
 }
 
+// Multi-token steps' attention through tile_attention (on) or PyTorch's SDPA; returns the setting.
 bool step_attention_tiles(bool on) {
   step_tiles = on;
   return on;

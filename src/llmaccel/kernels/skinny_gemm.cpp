@@ -309,8 +309,9 @@ constexpr int64_t AMX_ROWS = 16;  // rows of x per tile product
 // Fewer rows go through the vector path: measured over SmolLM2's 30 layers (bench_skinny, ms, vector /
 // AMX): M=1 6.06 / 6.57, 4 7.33 / 7.35, 8 9.22 / 8.50, 16 13.31 / 11.69; LM head (Q8_0) M=8 2.55 / 2.37,
 // M=16 3.62 / 2.80. With the current AMX kernel (2026-11-24): M=8 9.78 / 8.99, 16 14.72 / 10.30; LM
-// head M=8 2.64 / 2.02, 16 3.52 / 2.11. Per block the tile unit's work is cheap, but its results pass through memory to be
-// scaled by d and m, once per row, and on this CPU tile and vector instructions do not overlap
+// head M=8 2.64 / 2.02, 16 3.52 / 2.11. Per block the tile unit's work is cheap, but its results pass
+// through memory to be scaled by d and m, once per row, and on this CPU tile and vector instructions do
+// not overlap
 // (measured: 15 tile products alone ~77 ns, 200 vector adds alone ~81 ns, both together 154 ns).
 // Tried and not kept (SmolLM2-shaped layers at 16 rows, BENCHMARKS.md): folding d into the B tiles
 // (d q as two exact bf16 parts, 5 products a block, no per-block scaling): 0.93x the vector path's
