@@ -61,7 +61,7 @@ def quantize_like_gguf(model) -> None:
         emb.copy_(q(emb, 8))
 
 
-def build(arch: str, seed: int = 0):
+def build(arch: str, seed: int = 0, device: str = "cpu"):
     """(plain transformers model for the oracle, LoadedModel for the engine)."""
     from transformers import AutoModelForCausalLM
 
@@ -69,7 +69,7 @@ def build(arch: str, seed: int = 0):
 
     torch.manual_seed(seed)
     config = _config(arch.removesuffix("-gguf"))
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device).eval()
     if arch.endswith("-gguf"):
         quantize_like_gguf(model)
     plain = copy.deepcopy(model)
@@ -84,3 +84,23 @@ def tiny(request):
     if request.param not in _cache:
         _cache[request.param] = build(request.param)
     return _cache[request.param]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny Llama saved as a model folder, with a word-level tokenizer (token i is the word `t{i}`)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    d = tmp_path_factory.mktemp("tiny-llama")
+    vocab = {f"t{i}": i for i in range(95)} | {"[UNK]": 95}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(d)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.3,
+                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    model = LlamaForCausalLM(cfg).eval()
+    model.save_pretrained(d)
+    return d, model

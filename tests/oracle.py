@@ -10,7 +10,7 @@ def oracle_greedy(model, prompt: list[int], max_new_tokens: int, eos_ids=()) -> 
     ids = list(prompt)
     out: list[int] = []
     for _ in range(max_new_tokens):
-        logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, -1]  # (V,)
+        logits = model(input_ids=torch.tensor([ids], device=model.device), use_cache=False).logits[0, -1]  # (V,)
         tok = int(logits.argmax())
         out.append(tok)
         ids.append(tok)

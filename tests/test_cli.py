@@ -11,25 +11,6 @@ from llmaccel.cli import main
 from oracle import oracle_greedy
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    d = tmp_path_factory.mktemp("tiny-llama")
-    vocab = {f"t{i}": i for i in range(95)} | {"[UNK]": 95}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]").save_pretrained(d)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.3,
-                      bos_token_id=None, eos_token_id=None, pad_token_id=None)
-    model = LlamaForCausalLM(cfg).eval()
-    model.save_pretrained(d)
-    return d, model
-
-
 def run(capsys, *argv):
     code = main([str(a) for a in argv])
     out, err = capsys.readouterr()
@@ -80,6 +61,10 @@ def test_prompt_from_file_and_stdin(model_dir, capsys, tmp_path, monkeypatch):
         (["generate", "t1", "--ngram", "1"], "--ngram must be at least 2"),
         (["bench", "--data", "DATA", "--window", "0"], "--window must be at least 1"),
         (["bench", "--data", "DATA", "--max-new-tokens", "-1"], "positive"),
+        (["generate", "t1", "--device", "tpu"], "not a device name"),
+        (["generate", "t1", "--device", "mps"], "only cpu and cuda"),
+        (["cost", "--device", "cuda:99"], "cuda:99"),
+        (["bench", "--data", "DATA", "--sweep", "--device", "cuda:99"], "cuda:99"),
     ],
 )
 def test_user_errors_are_one_line(model_dir, capsys, tmp_path, args, message):

@@ -68,6 +68,30 @@ def _add_model(p) -> None:
     p.add_argument("--model", default="smollm2-135m", help="alias (smollm2-135m, gemma3-270m), model folder or .gguf")
 
 
+def _add_device(p) -> None:
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu (default), cuda or cuda:N")
+
+
+def _device(args) -> str:
+    """The --device value, checked: a clear error for a device this machine lacks."""
+    import torch
+
+    name = args.device.strip().lower()
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise UserError(f"--device {args.device!r} is not a device name; use cpu, cuda or cuda:N") from exc
+    if dev.type == "cpu":
+        return "cpu"
+    if dev.type != "cuda":
+        raise UserError(f"--device {args.device!r}: only cpu and cuda are supported")
+    if not torch.cuda.is_available():
+        raise UserError(f"--device {args.device!r}: this machine has no CUDA device that torch can use")
+    if dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {args.device!r}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return str(dev)
+
+
 def _add_reference_options(p) -> None:
     p.add_argument("--match-len", type=int, default=None, help="shortest suffix match that triggers a draft")
     p.add_argument("--copy-len", type=int, default=None, help="most tokens copied per draft")
@@ -90,7 +114,7 @@ def cmd_generate(args) -> int:
     if args.max_new_tokens <= 0:
         raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     refs = [_read(f, "reference file") for f in args.reference]
-    lm = llmaccel.load(args.model)
+    lm = llmaccel.load(args.model, device=_device(args))
     result = llmaccel.generate(
         lm, prompt, references=refs, method=args.method, max_new_tokens=args.max_new_tokens,
         stop=args.stop, chat=args.chat, options=_options(args), lookahead=_lookahead(args),
@@ -143,8 +167,11 @@ def cmd_bench(args) -> int:
         raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
     if args.limit is not None and args.limit <= 0:
         raise UserError(f"--limit must be positive, got {args.limit}")
+    device = _device(args)
     samples = data.load_data(args.data, args.limit)
     if args.sweep or args.sweep_lookahead or args.sweep_gate:
+        if device != "cpu":
+            raise UserError("the sweeps run on the CPU only; drop --device")
         from llmaccel.bench import gate_sweep, lookahead_sweep, sweep
 
         if args.sweep_gate:
@@ -165,7 +192,8 @@ def cmd_bench(args) -> int:
     unknown = [m for m in methods if m not in run.ALL_METHODS]
     if unknown or not methods:
         raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(run.ALL_METHODS)}")
-    doc = run.bench(args.model, samples, methods, args.max_new_tokens, _options(args), _lookahead(args))
+    doc = run.bench(args.model, samples, methods, args.max_new_tokens, _options(args), _lookahead(args),
+                    device=device)
     out = Path(args.json or "runs/bench.json")
     png = run.write(doc, out)
     print(run.table(doc))
@@ -180,9 +208,10 @@ def cmd_cost(args) -> int:
 
     if args.context <= 0:
         raise UserError("--context must be positive")
+    device = _device(args)
     res = {}
     for label, pack in (("llmaccel engine", True), ("transformers forward (default layout, sdpa)", False)):
-        lm = models.load(args.model, pack=pack, lean_forward=pack)
+        lm = models.load(args.model, device=device, pack=pack, lean_forward=pack)
         if not pack:
             lm.model.set_attn_implementation("sdpa")
         res[label] = step_costs(lm, context=args.context, reps=args.reps, hf_cache=not pack)
@@ -267,6 +296,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--sparse-prefill", action="store_true",
                    help="prefill long prompts with sparse attention (faster, APPROXIMATE; decoding stays exact)")
     _add_model(g)
+    _add_device(g)
     _add_reference_options(g)
     _add_lookahead_options(g)
     g.set_defaults(func=cmd_generate)
@@ -290,6 +320,7 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--sweep-lookahead", action="store_true", help="sweep window x n-gram x pool for `lookahead`")
     b.add_argument("--sweep-gate", action="store_true", help="time settings of `auto`'s window gate against `reference`")
     _add_model(b)
+    _add_device(b)
     _add_reference_options(b)
     _add_lookahead_options(b)
     b.set_defaults(func=cmd_bench)
@@ -298,6 +329,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--context", type=int, default=1000, help="tokens already in the KV cache")
     c.add_argument("--reps", type=int, default=15)
     _add_model(c)
+    _add_device(c)
     c.set_defaults(func=cmd_cost)
 
     sp = sub.add_parser("search-patterns", help="search sparse prefill patterns per layer and head (writes a JSON config)")

@@ -55,11 +55,14 @@ class ForwardClock:
     def __init__(self, model) -> None:
         self.calls = 0
         self.first_end: float | None = None
+        self._cuda = model.device.type == "cuda"
         self._handle = model.register_forward_hook(self._hook)
 
     def _hook(self, module, args, output) -> None:
         self.calls += 1
         if self.first_end is None:
+            if self._cuda:
+                torch.cuda.synchronize()  # the prefill's kernels are queued, not done, when forward returns
             self.first_end = time.perf_counter()
 
     def close(self) -> None:
@@ -68,7 +71,7 @@ class ForwardClock:
 
 @torch.inference_mode()
 def run_hf(model, prompt_ids: list[int], max_new_tokens: int, method: str, eos_ids) -> Run:
-    ids = torch.tensor([prompt_ids])
+    ids = torch.tensor([prompt_ids], device=model.device)
     clock = ForwardClock(model)
     t0 = time.perf_counter()
     try:
@@ -83,6 +86,7 @@ def run_hf(model, prompt_ids: list[int], max_new_tokens: int, method: str, eos_i
         )
     finally:
         clock.close()
+    out = out.cpu()  # waits for the GPU, if any
     t1 = time.perf_counter()
     first = clock.first_end or t1
     return Run(out[0, len(prompt_ids) :].tolist(), clock.calls, first - t0, t1 - first)
@@ -134,16 +138,17 @@ def bench(
     options: ReferenceOptions = ReferenceOptions(),
     lookahead: LookaheadOptions | None = None,
     progress: bool = True,
+    device: str = "cpu",
 ) -> dict:
     """Run `methods` on `samples`; returns the OUT.json document of the bench contract."""
     from tqdm import tqdm
 
     from llmaccel import models
 
-    lm = models.load(model_name)
+    lm = models.load(model_name, device=device)
     hf_model = None
     if any(m in HF_METHODS for m in methods):
-        hf_model, _ = models.load_reference_model(model_name)
+        hf_model, _ = models.load_reference_model(model_name, device)
     rows = []
     bar = tqdm(total=len(samples) * len(methods), disable=not progress, desc="bench", unit="run")
     for k, sample in enumerate(samples):
@@ -160,7 +165,10 @@ def bench(
             bar.update(1)
         rows.append({"id": sample.id, "prompt_tokens": len(prompt), "methods": {m: results[m] for m in methods}})
     bar.close()
-    return {"model": model_name, "samples": rows, "summary": summarise(rows, methods)}
+    doc = {"model": model_name, "samples": rows, "summary": summarise(rows, methods)}
+    if device != "cpu":
+        doc["device"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    return doc
 
 
 def _percent(x: float | None) -> str:
@@ -197,7 +205,8 @@ def plot_speedups(doc: dict, path: Path) -> None:
     for i, r in enumerate(ratios):
         ax.text(i, r, f"{r:.2f}x", ha="center", va="bottom")
     ax.set_ylabel("decode tokens/s vs hf-greedy")
-    ax.set_title(f"{doc['model']}, {len(doc['samples'])} samples")
+    where = f" on {doc['device']}" if "device" in doc else ""
+    ax.set_title(f"{doc['model']}{where}, {len(doc['samples'])} samples")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
