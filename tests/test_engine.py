@@ -31,11 +31,10 @@ def _case(rng: random.Random, plain, vocab: int):
     return prompt, refs, eos
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_methods_equal_oracle(tiny, seed):
-    plain, lm = tiny
-    rng = random.Random(seed * 7919 + hash(lm.name) % 1000)
-    for _ in range(4):
+def check_random_cases(plain, lm, rng: random.Random, cases: int) -> None:
+    """`cases` random prompts, references, EOS and limits; every method with random options must give the
+    oracle's tokens (run on the plain model, on the same device)."""
+    for _ in range(cases):
         prompt, refs, eos = _case(rng, plain, lm.vocab_size)
         max_new = rng.randint(1, 40)
         lm.eos_token_ids = eos
@@ -52,6 +51,12 @@ def test_methods_equal_oracle(tiny, seed):
             assert got.token_ids == want, (method, prompt, refs, eos, max_new, opts, la)
             assert got.steps <= len(want)
     lm.eos_token_ids = ()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_methods_equal_oracle(tiny, seed):
+    plain, lm = tiny
+    check_random_cases(plain, lm, random.Random(seed * 7919 + hash(lm.name) % 1000), 4)
 
 
 def test_long_context_past_sliding_window(tiny):

@@ -37,12 +37,41 @@ def grouped_attention(
         raise ValueError("attention logit softcapping is not supported by llmaccel's attention")
     T, S = query.shape[2], key.shape[2]
     gqa = query.shape[1] != key.shape[1]
+    if gqa and query.device.type == "cuda" and (attention_mask is not None or T == 1):
+        return folded_gqa(query, key, value, attention_mask, scaling).transpose(1, 2).contiguous(), None
     if attention_mask is None:
         # No mask: plain causal over a fresh sequence (prefill), or queries that may see every key.
         out = F.scaled_dot_product_attention(query, key, value, is_causal=T > 1 and T == S, scale=scaling, enable_gqa=gqa)
     else:
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, scale=scaling, enable_gqa=gqa)
     return out.transpose(1, 2).contiguous(), None  # (B, T, H, D)
+
+
+def folded_gqa(
+    query: torch.Tensor,  # (B, H, T, D)
+    key: torch.Tensor,  # (B, Hkv, S, D)
+    value: torch.Tensor,  # (B, Hkv, S, D)
+    mask: torch.Tensor | None,  # (B, 1, T, S) bool (True = attend), or None: every query sees every key
+    scaling: float | None,
+) -> torch.Tensor:
+    """Grouped-query attention as three plain products over the KV heads, (B, H, T, D): the n = H / Hkv
+    query heads of a KV head become n * T query rows. Why, measured on the H100 over a CUDA graph's
+    8k-slot static cache (BENCHMARKS.md, "On a GPU"): SDPA's `enable_gqa` with a mask falls back to the
+    math kernel, which copies K and V to every query head (a 2-token step cost 2.7x a 1-token step);
+    the memory-efficient kernel on folded rows does not split the keys, so a few query rows over 8k
+    keys run on a handful of thread blocks (a 1-token step took 31 ms instead of 5). cuBLAS products
+    read K and V once and spread the keys over the whole GPU."""
+    B, H, T, D = query.shape
+    Hkv = key.shape[1]
+    n = H // Hkv
+    q = query.reshape(B, Hkv, n * T, D)  # query head j*n + r, token t -> KV head j, row r*T + t
+    scores = torch.matmul(q, key.transpose(-1, -2))  # (B, Hkv, n*T, S)
+    scores.mul_(scaling if scaling is not None else D**-0.5)
+    if mask is not None:
+        m = mask.expand(B, 1, T, key.shape[2]).repeat(1, 1, n, 1)  # (B, 1, n*T, S)
+        scores.masked_fill_(~m, float("-inf"))
+    out = torch.matmul(scores.softmax(-1), value)  # (B, Hkv, n*T, D)
+    return out.reshape(B, H, T, D)
 
 
 def register() -> str:

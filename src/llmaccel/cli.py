@@ -211,7 +211,7 @@ def cmd_cost(args) -> int:
     device = _device(args)
     res = {}
     for label, pack in (("llmaccel engine", True), ("transformers forward (default layout, sdpa)", False)):
-        lm = models.load(args.model, device=device, pack=pack, lean_forward=pack)
+        lm = models.load(args.model, device=device, pack=pack, lean_forward=pack, cuda_graphs=pack)
         if not pack:
             lm.model.set_attn_implementation("sdpa")
         res[label] = step_costs(lm, context=args.context, reps=args.reps, hf_cache=not pack)

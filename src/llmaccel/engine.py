@@ -237,17 +237,17 @@ class Decoder:
             tokens, depth, block = flatten(tree)
         else:
             tokens, depth, block = flatten(tree, window.tokens(), window.depths(), window.visibility())
-        device = self.lm.device
+        device = self.lm.input_device
         ids = torch.tensor([tokens], device=device)
         if block is None:
             return ids, None, None
         return ids, torch.tensor(depth, device=device), torch.tensor(block, device=device)
 
     def events(self) -> Iterator[StepEvent]:
-        lm, device = self.lm, self.lm.device
-        cache = lm.new_cache()
+        lm, device = self.lm, self.lm.input_device
         if self.method != "greedy":
             step_cost(lm)  # measured once per model, not part of this prompt's prefill
+        cache = lm.new_cache()  # after step_cost: a CUDA-graphed model has one cache, handed to one sequence at a time
         t0 = time.perf_counter()
         self._start_drafting()  # indexing the references and the prompt counts as prefill time
         sparse = lm.sparse_prefill(len(self.prompt)) if self.sparse_prefill else None

@@ -118,3 +118,92 @@ class KVCache(Cache):
 
 def new_cache() -> KVCache:
     return KVCache()
+
+
+class StaticLayer(DynamicLayer):
+    """One layer's keys and values in a buffer of fixed size (B, H_kv, C, D), for CUDA graphs: a graph
+    records the buffer's address, so it never moves or grows. A step writes its entries at the slots
+    its owner holds in `slots` (a device tensor, so a graph replays the write at new places). Seen by
+    attention: the whole buffer under a mask (graph steps), or the valid prefix (eager steps)."""
+
+    def __init__(self, owner: StaticKVCache) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        shape = (*key_states.shape[:2], self.owner.capacity, key_states.shape[3])  # (B, H_kv, C, D)
+        # Zeros, not garbage: masked slots still enter the products, and 0 * NaN would be NaN.
+        self.keys = key_states.new_zeros(shape)
+        self.values = value_states.new_zeros(shape)
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        # key_states, value_states: (B, H_kv, T, D) for the slots in owner.slots (T,)
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        self.keys.index_copy_(2, self.owner.slots, key_states)
+        self.values.index_copy_(2, self.owner.slots, value_states)
+        seen = self.owner.visible  # None: the whole buffer (a graph step's mask hides the rest)
+        if seen is None:
+            return self.keys, self.values
+        return self.keys[:, :, :seen], self.values[:, :, :seen]  # (B, H_kv, seen, D) views
+
+    def get_seq_length(self) -> int:
+        return self.owner.length
+
+
+class StaticKVCache(Cache):
+    """A transformers `Cache` of `StaticLayer`s of capacity C. The valid entries are 0..length-1; a
+    rollback only moves `length`, since every step's mask is built from it."""
+
+    def __init__(self, capacity: int) -> None:
+        super().__init__(layer_class_to_replicate=lambda: StaticLayer(self))
+        self.capacity = capacity
+        self.length = 0
+        self.slots: torch.Tensor | None = None  # (T,) where the running step writes; set by its runner
+        self.visible: int | None = None  # keys attention sees in an eager step; None in a graph step
+        self.generation = 0  # bumped per new sequence: a stale `StaticCacheHandle` must not write
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.length
+
+    def rollback_to(self, length: int) -> None:
+        self.length = min(self.length, length)
+
+    @torch.inference_mode()
+    def keep_path(self, start: int, offsets: list[int]) -> None:
+        """As `KVCache.keep_path`: entries start + offsets (ascending) become entries start.."""
+        if offsets != list(range(len(offsets))):
+            idx = torch.tensor(offsets, device=self.layers[0].keys.device) + start  # (n,)
+            for layer in self.layers:
+                for buf in (layer.keys, layer.values):
+                    buf[:, :, start : start + len(idx)] = buf.index_select(2, idx)  # gather first: sources may overlap
+        self.length = start + len(offsets)
+
+
+class StaticCacheHandle:
+    """What `new_cache()` hands one sequence on a CUDA-graphed model: the model's one static cache (its
+    graphs hold that cache's addresses), usable until the next sequence takes it."""
+
+    def __init__(self, cache: StaticKVCache) -> None:
+        cache.generation += 1
+        cache.length = 0
+        self.cache = cache
+        self.generation = cache.generation
+
+    def claim(self) -> StaticKVCache:
+        if self.generation != self.cache.generation:
+            raise RuntimeError(
+                "this KV cache was handed to a newer sequence: a CUDA-graphed model decodes one sequence at a time"
+            )
+        return self.cache
+
+    def rollback_to(self, length: int) -> None:
+        self.claim().rollback_to(length)
+
+    def keep_path(self, start: int, offsets: list[int]) -> None:
+        self.claim().keep_path(start, offsets)
+
+    def get_seq_length(self) -> int:
+        return self.claim().length

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from llmaccel import attention, lean
+from llmaccel.graphs import GraphedSteps
 from llmaccel.kernels import skinny
 from llmaccel.kv import new_cache
 from llmaccel.paths import cache_dir
@@ -147,17 +148,23 @@ class LoadedModel:
     stack: lean.Stack | None = None  # the lean forward's weights (Llama family), None = transformers' modules
     sparse_config: SparseConfig | None = None  # sparse prefill patterns; None = shipped config or fallback
     step_cost: tuple[float, ...] | None = None  # k -> relative cost of a k-token step; engine.step_cost measures it
+    graphs: GraphedSteps | None = None  # CUDA graphs for the steps (on a GPU, see graphs.py), None = eager
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
     @property
+    def input_device(self) -> torch.device:
+        """Where the engine should build a step's ids, depths and block: the graphs stage them from the host."""
+        return torch.device("cpu") if self.graphs is not None else self.device
+
+    @property
     def vocab_size(self) -> int:
         return int(self.model.config.get_text_config().vocab_size)
 
     def new_cache(self):
-        return new_cache()
+        return self.graphs.new_cache() if self.graphs is not None else new_cache()
 
     @torch.inference_mode()
     def forward(
@@ -182,6 +189,9 @@ class LoadedModel:
         if prefill is not None and (start != 0 or block is not None or depth is not None):
             raise ValueError("sparse prefill is for a fresh prompt (start 0, causal) only")
         T = ids.shape[1]
+        if self.graphs is not None:
+            logits = self.graphs.forward(ids, start, cache, depth, block)  # (1, T, V)
+            return logits[:, T - keep :] if isinstance(keep, int) else logits[:, keep.to(logits.device)]
         slots = torch.arange(start, start + T, device=ids.device)  # (T,) cache entries written
         pos = slots if depth is None else depth.to(ids.device) + start  # (T,) positions
         if self.stack is not None:
@@ -205,6 +215,14 @@ class LoadedModel:
             **extra,
         )
         return out.logits  # (1, keep, V)
+
+    def _static_step(self, ids, positions, mask, cache) -> torch.Tensor:
+        """graphs.StepFn: one step on the static cache, every row's logits. `mask` (1, 1, T, S) bool,
+        or None for transformers' own causal mask."""
+        return self.model(
+            input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, attention_mask=mask,
+            logits_to_keep=0,
+        ).logits
 
     def sparse_prefill(self, prompt_tokens: int) -> SparsePrefill | None:
         """Sparse attention for a prefill of `prompt_tokens`, or None where dense is the better choice
@@ -328,18 +346,21 @@ def _lean_stack(model) -> lean.Stack | None:
     )
 
 
-def wrap(model, tokenizer, name: str = "model", pack: bool = True, lean_forward: bool = True) -> LoadedModel:
+def wrap(
+    model, tokenizer, name: str = "model", pack: bool = True, lean_forward: bool = True, cuda_graphs: bool = True
+) -> LoadedModel:
     """Wrap an already-built transformers causal LM (tests build tiny random ones).
 
     Llama-family models get the lean forward (lean.py) unless `lean_forward=False`; the others run
-    through transformers' modules with their linears packed for few-row steps (`pack`).
+    through transformers' modules with their linears packed for few-row steps (`pack`). On a GPU,
+    models with one kind of full attention run their steps as CUDA graphs (`cuda_graphs`, graphs.py).
     """
     model.eval()
     model.set_attn_implementation(attention.register())
     stack = _lean_stack(model) if lean_forward else None
     if pack and stack is None:
         pack_linears(model)
-    return LoadedModel(
+    lm = LoadedModel(
         name=name,
         model=model,
         tokenizer=tokenizer,
@@ -347,6 +368,35 @@ def wrap(model, tokenizer, name: str = "model", pack: bool = True, lean_forward:
         max_context=_max_context(model.config),
         stack=stack,
     )
+    if cuda_graphs and _graphable(model):
+        lm.graphs = GraphedSteps(lm._static_step, model.device, lm.max_context)
+    return lm
+
+
+GRAPH_MODEL_TYPES = ("llama", "qwen2")  # full attention in every layer, the KV cache's update as the only state
+
+
+# Most of the GPU's memory the static KV cache (capacity = the model's whole context) may take; beyond
+# it the model decodes eagerly on the growing cache.
+GRAPH_CACHE_SHARE = 0.25
+
+
+def _graphable(model) -> bool:
+    """CUDA graphs for this model's steps: on a GPU, a model type with full attention in every layer
+    (no sliding windows), a rotary embedding without data-dependent rescaling, and a static cache that
+    fits in GRAPH_CACHE_SHARE of the GPU's memory."""
+    cfg = model.config.get_text_config()
+    if model.device.type != "cuda" or cfg.model_type not in GRAPH_MODEL_TYPES:
+        return False
+    if getattr(cfg, "use_sliding_window", False) or set(getattr(cfg, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
+        return False
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) not in ("default", "llama3", "linear"):
+        return False  # dynamic / long-rope scaling reads the positions on the host
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    cache_bytes = 2 * cfg.num_hidden_layers * kv_heads * head_dim * _max_context(model.config) * model.dtype.itemsize
+    return cache_bytes <= GRAPH_CACHE_SHARE * torch.cuda.get_device_properties(model.device).total_memory
 
 
 @contextmanager
@@ -364,16 +414,18 @@ def _quiet_loading():
 
 
 def load(
-    name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool = True, lean_forward: bool = True
+    name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool = True, lean_forward: bool = True,
+    cuda_graphs: bool = True,
 ) -> LoadedModel:
     """Load a model by alias, folder or .gguf file, in fp32, ready for the engine.
 
     `pack=True` re-lays the linear weights for the fast GEMM path (see linear.py); the outputs of
-    greedy decoding are unchanged (tested).
+    greedy decoding are unchanged (tested). `cuda_graphs`: see `wrap`.
     """
     keep_freed_memory()
     model, tokenizer = load_reference_model(name_or_path, device)
-    return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu", lean_forward=lean_forward)
+    return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu", lean_forward=lean_forward,
+                cuda_graphs=cuda_graphs)
 
 
 def load_reference_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu"):
