@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -104,3 +105,9 @@ def model_dir(tmp_path_factory):
     model = LlamaForCausalLM(cfg).eval()
     model.save_pretrained(d)
     return d, model
+
+
+def rows_file(path, rows):
+    """An LLMA-format .jsonl at `path` from (query, docs, result text) triples; returns the path."""
+    path.write_text("".join(json.dumps({"query": q, "docs": d, "result": {"text": t}}) + "\n" for q, d, t in rows))
+    return path

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import rows_file
 from llmaccel.cli import main
 from oracle import oracle_greedy
 
@@ -69,8 +70,7 @@ def test_prompt_from_file_and_stdin(model_dir, capsys, tmp_path, monkeypatch):
 )
 def test_user_errors_are_one_line(model_dir, capsys, tmp_path, args, message):
     d, _ = model_dir
-    data = tmp_path / "rows.jsonl"
-    data.write_text(json.dumps({"query": "q", "docs": ["d"], "result": {"text": "x"}}) + "\n")
+    data = rows_file(tmp_path / "rows.jsonl", [("q", ["d"], "x")])
     args = [str(data) if a == "DATA" else a for a in args]
     code, _, err = run(capsys, *args, "--model", d)
     assert code == 2
@@ -85,11 +85,8 @@ def test_unknown_model_lists_aliases(capsys):
 def test_bench_contract(model_dir, capsys, tmp_path):
     """`llmaccel bench` writes the OUT.json of the contract, and every method matches hf-greedy."""
     d, model = model_dir
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(
-        json.dumps({"query": q, "docs": docs, "result": {"text": "t1 t2"}}) + "\n"
-        for q, docs in [("t5 t6", ["t1 t2 t3 t4", "t3 t4 t5"]), ("Summarise: t7 t8 t9", ["t7 t8 t9"])]
-    ))
+    rows = rows_file(tmp_path / "rows.jsonl", [("t5 t6", ["t1 t2 t3 t4", "t3 t4 t5"], "t1 t2"),
+                                               ("Summarise: t7 t8 t9", ["t7 t8 t9"], "t1 t2")])
     out = tmp_path / "out.json"
     code, stdout, _ = run(capsys, "bench", "--data", rows, "--model", d, "--max-new-tokens", 8, "--json", out,
                           "--methods", "hf-greedy,hf-pld,greedy,reference,lookahead,auto", "--window", 2)
@@ -111,8 +108,7 @@ def test_bench_contract(model_dir, capsys, tmp_path):
 def test_sweeps_write_table_json_and_plot(model_dir, capsys, tmp_path, flag, first_column):
     """The sweeps run every setting on every row (outputs checked equal inside) and write their files."""
     d, _ = model_dir
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"query": "t5 t6 t7", "docs": ["t5 t6 t7 t8 t9"], "result": {"text": "t8 t9"}}) + "\n")
+    rows = rows_file(tmp_path / "rows.jsonl", [("t5 t6 t7", ["t5 t6 t7 t8 t9"], "t8 t9")])
     out = tmp_path / "sweep.json"
     code, stdout, _ = run(capsys, "bench", flag, "--data", rows, "--model", d, "--max-new-tokens", 6, "--json", out)
     assert code == 0 and f"| setting | {first_column} |" in stdout

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import llmaccel
-from conftest import build
+from conftest import build, rows_file
 from llmaccel.cli import main
 from llmaccel.engine import Decoder
 from test_engine import check_random_cases
@@ -65,11 +65,8 @@ def test_graph_steps_equal_eager_steps_on_cuda():
 def test_bench_on_cuda_matches_hf_greedy(model_dir, tmp_path, capsys):
     """`llmaccel bench --device cuda`: both models on the GPU, every method equal to hf-greedy there."""
     d, _ = model_dir
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text("".join(
-        json.dumps({"query": q, "docs": docs, "result": {"text": "t1"}}) + "\n"
-        for q, docs in [("t5 t6", ["t1 t2 t3 t4", "t3 t4 t5"]), ("t7 t8 t9 t1", ["t7 t8 t9"])]
-    ))
+    rows = rows_file(tmp_path / "rows.jsonl", [("t5 t6", ["t1 t2 t3 t4", "t3 t4 t5"], "t1"),
+                                               ("t7 t8 t9 t1", ["t7 t8 t9"], "t1")])
     out = tmp_path / "out.json"
     code = main(["bench", "--data", str(rows), "--model", str(d), "--device", "cuda", "--max-new-tokens", "10",
                  "--json", str(out), "--methods", "hf-greedy,hf-pld,greedy,reference,lookahead,auto"])

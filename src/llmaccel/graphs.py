@@ -26,6 +26,7 @@ from collections.abc import Callable
 import torch
 
 from llmaccel.kv import StaticCacheHandle, StaticKVCache
+from llmaccel.lean import step_mask
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +152,6 @@ class GraphedSteps:
 
     def _eager(self, ids, start: int, cache: StaticKVCache, depth, block) -> torch.Tensor:
         """A step outside the graphs (prefill, or no bucket fits): attention over the valid entries only."""
-        from llmaccel.lean import step_mask
-
         T = ids.shape[1]
         dev = self.device
         steps = torch.arange(T, device=dev)  # (T,)

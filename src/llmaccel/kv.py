@@ -18,6 +18,11 @@ from transformers.cache_utils import Cache, DynamicLayer
 GROW_CHUNK = 256  # spare room added on growth, in tokens: amortises the rare re-allocation
 
 
+def compact(buf: torch.Tensor, start: int, idx: torch.Tensor) -> None:
+    """buf (B, H, capacity, D): entries idx (n,) (ascending, >= start) become entries start..start+n-1."""
+    buf[:, :, start : start + len(idx)] = buf.index_select(2, idx)  # gather first: sources may overlap
+
+
 class PreallocatedLayer(DynamicLayer):
     """One layer's keys and values in a buffer (B, H, capacity, D); `keys`/`values` are views of the valid part."""
 
@@ -84,7 +89,7 @@ class PreallocatedLayer(DynamicLayer):
             return
         idx = slots.to(self.device) + start
         for buf in (self._kbuf, self._vbuf):
-            buf[:, :, start : start + len(idx)] = buf.index_select(2, idx)  # gather first: sources may overlap
+            compact(buf, start, idx)
         self._set_length(start + len(idx))
 
     def reset(self) -> None:
@@ -178,7 +183,7 @@ class StaticKVCache(Cache):
             idx = torch.tensor(offsets, device=self.layers[0].keys.device) + start  # (n,)
             for layer in self.layers:
                 for buf in (layer.keys, layer.values):
-                    buf[:, :, start : start + len(idx)] = buf.index_select(2, idx)  # gather first: sources may overlap
+                    compact(buf, start, idx)
         self.length = start + len(offsets)
 
 
@@ -204,6 +209,3 @@ class StaticCacheHandle:
 
     def keep_path(self, start: int, offsets: list[int]) -> None:
         self.claim().keep_path(start, offsets)
-
-    def get_seq_length(self) -> int:
-        return self.claim().length

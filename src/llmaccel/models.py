@@ -368,7 +368,7 @@ def wrap(
         max_context=_max_context(model.config),
         stack=stack,
     )
-    if cuda_graphs and _graphable(model):
+    if cuda_graphs and _graphable(model, lm.max_context):
         lm.graphs = GraphedSteps(lm._static_step, model.device, lm.max_context)
     return lm
 
@@ -381,10 +381,10 @@ GRAPH_MODEL_TYPES = ("llama", "qwen2")  # full attention in every layer, the KV 
 GRAPH_CACHE_SHARE = 0.25
 
 
-def _graphable(model) -> bool:
+def _graphable(model, capacity: int) -> bool:
     """CUDA graphs for this model's steps: on a GPU, a model type with full attention in every layer
-    (no sliding windows), a rotary embedding without data-dependent rescaling, and a static cache that
-    fits in GRAPH_CACHE_SHARE of the GPU's memory."""
+    (no sliding windows), a rotary embedding without data-dependent rescaling, and a static cache
+    of `capacity` entries that fits in GRAPH_CACHE_SHARE of the GPU's memory."""
     cfg = model.config.get_text_config()
     if model.device.type != "cuda" or cfg.model_type not in GRAPH_MODEL_TYPES:
         return False
@@ -395,7 +395,7 @@ def _graphable(model) -> bool:
         return False  # dynamic / long-rope scaling reads the positions on the host
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
-    cache_bytes = 2 * cfg.num_hidden_layers * kv_heads * head_dim * _max_context(model.config) * model.dtype.itemsize
+    cache_bytes = 2 * cfg.num_hidden_layers * kv_heads * head_dim * capacity * model.dtype.itemsize
     return cache_bytes <= GRAPH_CACHE_SHARE * torch.cuda.get_device_properties(model.device).total_memory
 
 

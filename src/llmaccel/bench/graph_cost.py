@@ -12,13 +12,14 @@ import torch
 
 import llmaccel
 from llmaccel.bench.cost import cost_table, step_costs
+from llmaccel.kernels.bench_skinny import HIDDEN, INTER, VOCAB
 
 
 def smollm2_shaped(device: str):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=30,
                       num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
                       rope_theta=100000, tie_word_embeddings=True)
     return LlamaForCausalLM(cfg).to(device).eval()

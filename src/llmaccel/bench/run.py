@@ -166,8 +166,8 @@ def bench(
         rows.append({"id": sample.id, "prompt_tokens": len(prompt), "methods": {m: results[m] for m in methods}})
     bar.close()
     doc = {"model": model_name, "samples": rows, "summary": summarise(rows, methods)}
-    if device != "cpu":
-        doc["device"] = torch.cuda.get_device_name(device) if device.startswith("cuda") else device
+    if device != "cpu":  # cli._device admits cpu and cuda[:N] only
+        doc["device"] = torch.cuda.get_device_name(device)
     return doc
 
 
