@@ -94,7 +94,9 @@ def test_codes_equal_fp32_panels_bitwise(bits, n, k):
     d, m, q, _ = found
     assert torch.equal((d[..., None] * q.float() + m[..., None]).view(n, k), w)  # decodes to the weights
     codes, panels = skinny.pack(w), skinny.pack(w, codes=False)
-    assert codes.dtype == torch.uint8 and codes.shape[:2] == (panels.shape[0], k // 32)
+    assert codes.dtype == torch.uint8 and codes.shape[-3:-1] == (panels.shape[0], k // 32)
+    # 4-bit codes on an AMX CPU: the vector path's layout, then the same blocks in the AMX tiles' order
+    assert codes.dim() == (4 if bits == 4 and skinny.has_amx() else 3)
     assert codes.numel() < panels.numel() * 4  # fewer bytes than the fp32 panels
     b = torch.randn(n, generator=g)
     skinny.use_amx(False)  # the vector path: the same fp32 products and sums as the fp32 panels
@@ -115,6 +117,8 @@ def test_codes_equal_fp32_panels_bitwise(bits, n, k):
             torch.testing.assert_close(got, exact, rtol=1e-5, atol=2e-5)
             # no less accurate than the fp32 kernel (each block's sum is exact products in fp32)
             assert (got - exact).abs().max() <= 2 * (vec - exact).abs().max() + 1e-6
+            if codes.dim() == 4:  # the AMX-order copy decodes to the same tiles as the vector layout
+                assert torch.equal(got, skinny.linear(x, codes[0].contiguous(), n, b))
 
 
 def test_codes_found_only_where_exact():

@@ -28,7 +28,7 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["argmax", "available", "block_codes", "linear", "llama_layer", "pack", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
+__all__ = ["argmax", "available", "block_codes", "has_amx", "linear", "llama_layer", "pack", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 
@@ -119,7 +119,10 @@ def pack(weight: torch.Tensor, codes: bool = True) -> torch.Tensor:
 
     If every block of 32 weights along K is a dequantised GGUF block (`block_codes` finds it and checks
     it bit for bit) and `codes` is true: uint8 code blocks [ceil(N/NB), K/32, bytes] (4 or 8 bits a
-    weight plus a scale and offset per block; the kernel decodes them to the same fp32 values).
+    weight plus a scale and offset per block; the kernel decodes them to the same fp32 values). 4-bit
+    codes on a CPU with the AMX path come as [2, ceil(N/NB), K/32, bytes]: the same blocks a second
+    time with the codes in the order the AMX tiles take them (half the decoding work per block; the
+    codes are ~15% of the model's bytes, so this costs ~1/7 of its size in memory).
     Otherwise fp32 panels [ceil(N/NB), K, NB], packed[p, k, j] = weight[p*NB + j, k] (0 past N).
     """
     if weight.dim() != 2:
@@ -199,7 +202,15 @@ def _pack_codes(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bits: int, nb
     else:
         qp = qp.to(torch.int8).view(torch.uint8)  # (P, NB, B, 32)
     codes = qp.permute(0, 2, 3, 1).reshape(p, nblocks, -1)  # (P, B, k * NB)
-    return torch.cat([scales, codes], dim=-1).contiguous()
+    packed = torch.cat([scales, codes], dim=-1).contiguous()
+    if bits != 4 or nb != 48 or not has_amx():
+        return packed
+    # the AMX order (skinny_gemm.cpp, decode_block_pairs): per 16-column tile g and k pair c < 8, byte
+    # 2 j + e = q[16 g + j][2 c + e] | q[16 g + j][16 + 2 c + e] << 4
+    qa = panels(q).view(p, 3, 16, nblocks, 2, 8, 2)  # (P, g, j, B, half of k, c, e)
+    qa = (qa[:, :, :, :, 0] | (qa[:, :, :, :, 1] << 4)).to(torch.uint8)  # (P, g, j, B, c, e)
+    qa = qa.permute(0, 3, 1, 4, 2, 5).reshape(p, nblocks, -1)  # (P, B, g c j e)
+    return torch.stack([packed, torch.cat([scales, qa], dim=-1)]).contiguous()
 
 
 def linear(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -218,6 +229,11 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.numel() > 0 and available():
         return _ext.argmax_rows(logits)
     return logits.argmax(-1)
+
+
+def has_amx() -> bool:
+    """Whether this build and CPU have the AMX path for code-block weights (`use_amx` can still turn it off)."""
+    return (_ext or _load()).has_amx()
 
 
 def use_amx(on: bool = True) -> bool:
