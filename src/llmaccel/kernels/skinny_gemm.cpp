@@ -351,6 +351,14 @@ static void split_bf16(const float* x, int64_t M, int64_t K, int64_t r0, int64_t
     }
 }
 
+// bf16(i & 15) for word indices i < 32: vpermw's table from a 4-bit code to its bf16 value (the upper
+// half repeats the lower, so bit 4 of the index does not matter).
+static inline __m512i nibble_table() {
+  return _mm512_set_epi16(0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100, 0x40E0, 0x40C0, 0x40A0,
+                          0x4080, 0x4040, 0x4000, 0x3F80, 0x0000, 0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120,
+                          0x4110, 0x4100, 0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000);
+}
+
 // The codes of one panel block -> its three B tiles (output columns [16 g, 16 g + 16)) in AMX's pair
 // layout: t[g][kp][2 j + e] = bf16(q[16 g + j][2 kp + e]).
 static inline void decode_block(const Packed& W, const uint8_t* blk, uint16_t* t /* [3][16 * 32] */) {
@@ -358,10 +366,7 @@ static inline void decode_block(const Packed& W, const uint8_t* blk, uint16_t* t
   if (W.bits == 4) {
     // vpermw reads 5 index bits per word: with idx = v | v << 12 the low word is the byte (its low
     // nibble, plus bit 4, which the table's repeated half ignores) and the high word its high nibble.
-    const __m512i table = _mm512_set_epi16(0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
-                                           0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000,
-                                           0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
-                                           0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000);
+    const __m512i table = nibble_table();
 #pragma GCC unroll 48
     for (int64_t i = 0; i < 48; ++i) {
       const int64_t kp = i / 3, g = i % 3;
@@ -391,10 +396,7 @@ static inline void decode_block(const Packed& W, const uint8_t* blk, uint16_t* t
 // Q8_0 head); this layout saves ~0.25 ms (13.19 -> 12.96 ms, three alternating runs).
 static inline void decode_block_pairs(const uint8_t* blk, uint16_t* t /* [3][16 * 32] */) {
   const uint8_t* c = blk + 8 * NB;
-  const __m512i table = _mm512_set_epi16(0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
-                                         0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000,
-                                         0x4170, 0x4160, 0x4150, 0x4140, 0x4130, 0x4120, 0x4110, 0x4100,
-                                         0x40E0, 0x40C0, 0x40A0, 0x4080, 0x4040, 0x4000, 0x3F80, 0x0000);
+  const __m512i table = nibble_table();
 #pragma GCC unroll 24
   for (int64_t i = 0; i < 24; ++i) {
     const int64_t g = i / 8, kp = i % 8;
