@@ -184,7 +184,8 @@ def block_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 
 def _pack_codes(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bits: int, nb: int) -> torch.Tensor:
     """d, m (N, B), q (N, B, 32) -> uint8 [P, B, bytes]: per panel and block, d[NB] and m[NB] as fp32,
-    then the codes k by k (4 bits: k pairs in one byte, low nibble first), NB outputs side by side."""
+    then the codes k by k (4 bits: k pairs in one byte, low nibble first), NB outputs side by side.
+    4 bits on an AMX CPU: [2, P, B, bytes], the second the same blocks with the codes in the AMX order."""
     n, nblocks = d.shape
     p = (n + nb - 1) // nb
 
@@ -195,22 +196,22 @@ def _pack_codes(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bits: int, nb
 
     scales = torch.stack([panels(d), panels(m)], dim=1)  # (P, 2, NB, B)
     scales = scales.permute(0, 3, 1, 2).contiguous().view(torch.uint8).view(p, nblocks, 8 * nb)
-    qp = panels(q)  # (P, NB, B, 32)
+    qpad = panels(q)  # (P, NB, B, 32)
     if bits == 4:
-        qp = qp.view(p, nb, nblocks, CODE_BLOCK // 2, 2)
+        qp = qpad.view(p, nb, nblocks, CODE_BLOCK // 2, 2)
         qp = (qp[..., 0] | (qp[..., 1] << 4)).to(torch.uint8)  # (P, NB, B, 16)
     else:
-        qp = qp.to(torch.int8).view(torch.uint8)  # (P, NB, B, 32)
+        qp = qpad.to(torch.int8).view(torch.uint8)  # (P, NB, B, 32)
     codes = qp.permute(0, 2, 3, 1).reshape(p, nblocks, -1)  # (P, B, k * NB)
     packed = torch.cat([scales, codes], dim=-1).contiguous()
     if bits != 4 or nb != 48 or not has_amx():
         return packed
     # the AMX order (skinny_gemm.cpp, decode_block_pairs): per 16-column tile g and k pair c < 8, byte
     # 2 j + e = q[16 g + j][2 c + e] | q[16 g + j][16 + 2 c + e] << 4
-    qa = panels(q).view(p, 3, 16, nblocks, 2, 8, 2)  # (P, g, j, B, half of k, c, e)
+    qa = qpad.view(p, 3, 16, nblocks, 2, 8, 2)  # (P, g, j, B, half of k, c, e)
     qa = (qa[:, :, :, :, 0] | (qa[:, :, :, :, 1] << 4)).to(torch.uint8)  # (P, g, j, B, c, e)
     qa = qa.permute(0, 3, 1, 4, 2, 5).reshape(p, nblocks, -1)  # (P, B, g c j e)
-    return torch.stack([packed, torch.cat([scales, qa], dim=-1)]).contiguous()
+    return torch.stack([packed, torch.cat([scales, qa], dim=-1)])
 
 
 def linear(x: torch.Tensor, packed: torch.Tensor, n: int, bias: torch.Tensor | None = None) -> torch.Tensor:

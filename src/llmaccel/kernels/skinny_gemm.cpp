@@ -327,16 +327,16 @@ struct alignas(64) TileConfig {
   uint8_t rows[16] = {};
 };
 
-// Splits rows [r0, r1) of x (M, K) into the bf16 parts of each block, parts[part][b][r][32] (bf16 bit
-// patterns), and sums each block of each row, xsum[r][b].
-static void split_bf16(const float* x, int64_t M, int64_t K, int64_t r0, int64_t r1, uint16_t* parts, float* xsum) {
+// Splits x (M, K) into the bf16 parts of each block, parts[part][b][r][32] (bf16 bit patterns), and
+// sums each block of each row, xsum[r][b].
+static void split_bf16(const float* x, int64_t M, int64_t K, uint16_t* parts, float* xsum) {
   const int64_t nb = K / QB;
   const __m512i top_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
   // the high words of two vectors of 16 floats, in order: one 64-byte store per part
   alignas(64) static const uint16_t odd_words[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
                                                      33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
   const __m512i high_words = _mm512_load_si512(odd_words);
-  for (int64_t r = r0; r < r1; ++r)
+  for (int64_t r = 0; r < M; ++r)
     for (int64_t b = 0; b < nb; ++b) {
       __m512 v0 = _mm512_loadu_ps(x + r * K + b * QB), v1 = _mm512_loadu_ps(x + r * K + b * QB + 16);
       xsum[r * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
@@ -576,11 +576,11 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
 #ifdef LLMACCEL_AMX
   if (W.q && M >= AMX_MIN_ROWS && amx_enabled && amx_permitted()) {
     // One parallel region; each thread splits every row of x into its own buffers (kept allocated,
-    // every element written), then runs its panels. Splitting a share of the rows each and reading the
-    // other thread's share after a barrier was slower: the parts then cross from core to core, ~30 KB
-    // a call at 16 rows (~0.4 ms of a 13 ms 16-token step of SmolLM2, alternating runs); the split
-    // itself is ~0.1 ms of vector work a step, done twice now. (Splitting on the calling thread before the region left the other
-    // thread idle: ~8% of a 16-token step's time, perf.)
+    // every element written), then runs its panels. Measured against the alternatives: splitting on the
+    // calling thread before the region left the other thread idle (~8% of a 16-token step, perf);
+    // splitting half the rows each and reading the other half after a barrier moved the parts from core
+    // to core, ~30 KB a call at 16 rows (~0.4 ms of a 13 ms 16-token step of SmolLM2, alternating
+    // runs). The split itself is ~0.1 ms of vector work a step, so doing it on both threads is cheap.
     const int nt = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), npanels));
 #pragma omp parallel num_threads(nt)
     {
@@ -589,7 +589,7 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
       thread_local std::vector<float> xsum_buf;
       if (parts_buf.size() < static_cast<size_t>(3 * M * K)) parts_buf.resize(3 * M * K);
       if (xsum_buf.size() < static_cast<size_t>(M * (K / QB))) xsum_buf.resize(M * (K / QB));
-      split_bf16(xp, M, K, 0, M, parts_buf.data(), xsum_buf.data());  // xsum: X[r][b], the block sums of x
+      split_bf16(xp, M, K, parts_buf.data(), xsum_buf.data());  // xsum: X[r][b], the block sums of x
       run_panels_amx(parts_buf.data(), xsum_buf.data(), M, K, W, n, bptr, yp, npanels * t / T, npanels * (t + 1) / T);
     }
     return y;
