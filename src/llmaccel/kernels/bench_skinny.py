@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                 return F.linear(x, w)
             if name == "MKL packed":
                 return torch.ops.mkl._mkl_linear(x, packed, w, None, x.shape[0])
-            skinny.use_amx(name.endswith("AMX)"))  # ~1 us: a flag; AMX applies from the kernel's AMX_MIN_ROWS (8) up
+            skinny.use_amx(name.endswith("AMX)"))  # ~1 us: a flag (off: the vector path for every row count)
             return skinny.linear(x, packed, w.shape[0])
 
         def one_pass(name, xs):

@@ -307,19 +307,26 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define LLMACCEL_AMX 1
 constexpr int64_t AMX_ROWS = 16;  // rows of x per tile product
-// Fewer rows go through the vector path: measured over SmolLM2's 30 layers (bench_skinny, ms, vector /
-// AMX): M=1 6.06 / 6.57, 4 7.33 / 7.35, 8 9.22 / 8.50, 16 13.31 / 11.69; LM head (Q8_0) M=8 2.55 / 2.37,
-// M=16 3.62 / 2.80. With the current AMX kernel (2026-11-24): M=8 9.78 / 8.99, 16 14.72 / 10.30; LM
-// head M=8 2.64 / 2.02, 16 3.52 / 2.11. Per block the tile unit's work is cheap, but its results pass
-// through memory to be scaled by d and m, once per row, and on this CPU tile and vector instructions do
-// not overlap
-// (measured: 15 tile products alone ~77 ns, 200 vector adds alone ~81 ns, both together 154 ns).
+// Every row count takes it (AMX_MIN_ROWS 1). Until session 16 fewer than 8 rows took the vector path,
+// from measurements with the weights cold in memory (bench_skinny, 30 layers, ms, vector / AMX: M=1
+// 6.06 / 6.57, M=4 7.33 / 7.35, M=8 9.22 / 8.50, M=16 13.31 / 11.69). In the engine's steps the codes
+// stream from the large L3 here and the vector path's heavier decode (to fp32, then 1-row FMAs) costs
+// more than the tile path's: whole SmolLM2 steps at 300 cached tokens, one process, the two settings
+// alternating step by step, medians of 300 (ms, from 8 rows / from 1 row): k=1 9.61 / 9.01, k=2 10.41 /
+// 9.20, k=4 12.11 / 9.89, k=8 11.75 / 11.62, k=16 15.21 / 15.03.
+// Per block the tile unit's work is cheap, but its results pass through memory to be scaled by d and
+// m, once per row, and the decode's stores feed the tile loads, so the vector and tile work of a block
+// add up instead of overlapping (docs/microbench, BENCHMARKS.md "Engine cost", session 16).
 // Tried and not kept (SmolLM2-shaped layers at 16 rows, BENCHMARKS.md): folding d into the B tiles
 // (d q as two exact bf16 parts, 5 products a block, no per-block scaling): 0.93x the vector path's
 // time in the same run, where this design takes 0.85-0.88x: its decode needs ~3x the vector work.
-// Decoding one block ahead and scaling one block behind (no load waiting on a just-made store):
-// 11.41 vs 11.56 ms in a same-run A/B, within noise.
-constexpr int64_t AMX_MIN_ROWS = 8;
+// Decoding one block ahead and scaling one block behind, double-buffered C tiles: within noise.
+constexpr int64_t AMX_MIN_ROWS = 1;
+// 8-bit codes (SmolLM2's LM head, Q8_0) decode to tiles with ~3x the vector work of 4-bit codes, so 1
+// and 2 rows stay on the vector path: bench_skinny (cold, ms, vector / AMX) M=1 1.35 / 1.55, M=2 1.47 /
+// 1.52, M=4 2.17 / 1.85; whole steps (as above, head on AMX from 1 row / from 4 rows) k=1 8.72 / 8.46,
+// k=2 8.87 / 8.79, k=3 9.21 / 9.28, k=4 equal.
+constexpr int64_t AMX_MIN_ROWS_Q8 = 3;
 
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
@@ -574,7 +581,7 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
   // Contiguous panel ranges per thread (one sequential stream each, for the prefetchers). Grain 1:
   // even a few panels are worth splitting, the work is bandwidth bound.
 #ifdef LLMACCEL_AMX
-  if (W.q && M >= AMX_MIN_ROWS && amx_enabled && amx_permitted()) {
+  if (W.q && M >= (W.bits == 8 ? AMX_MIN_ROWS_Q8 : AMX_MIN_ROWS) && amx_enabled && amx_permitted()) {
     // One parallel region; each thread splits every row of x into its own buffers (kept allocated,
     // every element written), then runs its panels. Measured against the alternatives: splitting on the
     // calling thread before the region left the other thread idle (~8% of a 16-token step, perf);
