@@ -22,7 +22,7 @@ int main(int argc, char** argv){
   const long N = 500000;
   double t=now();
   for (long i=0;i<N;++i){
-    if (mode == 0) { // current: 3 B loads, zero 3 C, A load x3, 9 products, 3 stores
+    if (mode == 0 || mode == 3) { // the kept pattern: 3 B loads, zero 3 C, A load x3, 9 products, 3 stores (3: no stores)
       _tile_loadd(4,B[0],64); _tile_loadd(5,B[1],64); _tile_loadd(6,B[2],64);
       _tile_zero(0); _tile_zero(1); _tile_zero(2);
       _tile_loadd(3,A[0],64); _tile_loadd(7,A[1],64);
@@ -30,27 +30,14 @@ int main(int argc, char** argv){
       _tile_dpbf16ps(0,7,4); _tile_dpbf16ps(1,7,5); _tile_dpbf16ps(2,7,6);
       _tile_loadd(3,A[2],64);
       _tile_dpbf16ps(0,3,4); _tile_dpbf16ps(1,3,5); _tile_dpbf16ps(2,3,6);
-      _tile_stored(0,C[0],64); _tile_stored(1,C[1],64); _tile_stored(2,C[2],64);
-    } else if (mode == 1) { // no loads/stores: products only with zero
+      if (mode == 0) { _tile_stored(0,C[0],64); _tile_stored(1,C[1],64); _tile_stored(2,C[2],64); }
+    } else if (mode == 1 || mode == 2) { // no loads: products only (2: and the C stores)
       _tile_zero(0); _tile_zero(1); _tile_zero(2);
       _tile_dpbf16ps(0,3,4); _tile_dpbf16ps(1,3,5); _tile_dpbf16ps(2,3,6);
       _tile_dpbf16ps(0,7,4); _tile_dpbf16ps(1,7,5); _tile_dpbf16ps(2,7,6);
       _tile_dpbf16ps(0,3,4); _tile_dpbf16ps(1,3,5); _tile_dpbf16ps(2,3,6);
-    } else if (mode == 2) { // products + stores, no loads
-      _tile_zero(0); _tile_zero(1); _tile_zero(2);
-      _tile_dpbf16ps(0,3,4); _tile_dpbf16ps(1,3,5); _tile_dpbf16ps(2,3,6);
-      _tile_dpbf16ps(0,7,4); _tile_dpbf16ps(1,7,5); _tile_dpbf16ps(2,7,6);
-      _tile_dpbf16ps(0,3,4); _tile_dpbf16ps(1,3,5); _tile_dpbf16ps(2,3,6);
-      _tile_stored(0,C[0],64); _tile_stored(1,C[1],64); _tile_stored(2,C[2],64);
-    } else if (mode == 3) { // products + loads, no stores
-      _tile_loadd(4,B[0],64); _tile_loadd(5,B[1],64); _tile_loadd(6,B[2],64);
-      _tile_zero(0); _tile_zero(1); _tile_zero(2);
-      _tile_loadd(3,A[0],64); _tile_loadd(7,A[1],64);
-      _tile_dpbf16ps(0,3,4); _tile_dpbf16ps(1,3,5); _tile_dpbf16ps(2,3,6);
-      _tile_dpbf16ps(0,7,4); _tile_dpbf16ps(1,7,5); _tile_dpbf16ps(2,7,6);
-      _tile_loadd(3,A[2],64);
-      _tile_dpbf16ps(0,3,4); _tile_dpbf16ps(1,3,5); _tile_dpbf16ps(2,3,6);
-    } else if (mode == 4) { // 3 A tiles (no reload mid-block): A in 3,7 and 6->? use B in 4,5 only... C 0,1,2; A 3,6,7; B 4,5 -> g2 uses B reload
+      if (mode == 2) { _tile_stored(0,C[0],64); _tile_stored(1,C[1],64); _tile_stored(2,C[2],64); }
+    } else if (mode == 4) { // three A tiles (3, 6, 7) loaded once, B in 4 and 5, tile 4 reloaded for the third column group
       _tile_loadd(4,B[0],64); _tile_loadd(5,B[1],64);
       _tile_zero(0); _tile_zero(1); _tile_zero(2);
       _tile_loadd(3,A[0],64); _tile_loadd(7,A[1],64); _tile_loadd(6,A[2],64);
