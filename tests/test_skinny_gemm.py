@@ -95,8 +95,8 @@ def test_codes_equal_fp32_panels_bitwise(bits, n, k):
     assert torch.equal((d[..., None] * q.float() + m[..., None]).view(n, k), w)  # decodes to the weights
     codes, panels = skinny.pack(w), skinny.pack(w, codes=False)
     assert codes.dtype == torch.uint8 and codes.shape[-3:-1] == (panels.shape[0], k // 32)
-    # 4-bit codes on an AMX CPU: the vector path's layout, then the same blocks in the AMX tiles' order
-    assert codes.dim() == (4 if bits == 4 and skinny.has_amx() else 3)
+    # on an AMX CPU: the vector path's layout, then the same blocks in the AMX tiles' order
+    assert codes.dim() == (4 if skinny.has_amx() else 3)
     assert codes.numel() < panels.numel() * 4  # fewer bytes than the fp32 panels
     b = torch.randn(n, generator=g)
     skinny.use_amx(False)  # the vector path: the same fp32 products and sums as the fp32 panels

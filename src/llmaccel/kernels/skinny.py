@@ -119,10 +119,10 @@ def pack(weight: torch.Tensor, codes: bool = True) -> torch.Tensor:
 
     If every block of 32 weights along K is a dequantised GGUF block (`block_codes` finds it and checks
     it bit for bit) and `codes` is true: uint8 code blocks [ceil(N/NB), K/32, bytes] (4 or 8 bits a
-    weight plus a scale and offset per block; the kernel decodes them to the same fp32 values). 4-bit
-    codes on a CPU with the AMX path come as [2, ceil(N/NB), K/32, bytes]: the same blocks a second
-    time with the codes in the order the AMX tiles take them (half the decoding work per block; the
-    codes are ~15% of the model's bytes, so this costs ~1/7 of its size in memory).
+    weight plus a scale and offset per block; the kernel decodes them to the same fp32 values). On a
+    CPU with the AMX path they come as [2, ceil(N/NB), K/32, bytes]: the same blocks a second time with
+    the codes in the order the AMX tiles take them (4 bits: half the decoding work per block; 8 bits:
+    ~40% less; the codes are 15-25% of the fp32 weights' bytes, which is what the copy costs in memory).
     Otherwise fp32 panels [ceil(N/NB), K, NB], packed[p, k, j] = weight[p*NB + j, k] (0 past N).
     """
     if weight.dim() != 2:
@@ -185,7 +185,7 @@ def block_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 def _pack_codes(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bits: int, nb: int) -> torch.Tensor:
     """d, m (N, B), q (N, B, 32) -> uint8 [P, B, bytes]: per panel and block, d[NB] and m[NB] as fp32,
     then the codes k by k (4 bits: k pairs in one byte, low nibble first), NB outputs side by side.
-    4 bits on an AMX CPU: [2, P, B, bytes], the second the same blocks with the codes in the AMX order."""
+    On an AMX CPU: [2, P, B, bytes], the second the same blocks with the codes in the AMX order."""
     n, nblocks = d.shape
     p = (n + nb - 1) // nb
 
@@ -204,13 +204,18 @@ def _pack_codes(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bits: int, nb
         qp = qpad.to(torch.int8).view(torch.uint8)  # (P, NB, B, 32)
     codes = qp.permute(0, 2, 3, 1).reshape(p, nblocks, -1)  # (P, B, k * NB)
     packed = torch.cat([scales, codes], dim=-1).contiguous()
-    if bits != 4 or nb != 48 or not has_amx():
+    if nb != 48 or not has_amx():
         return packed
-    # the AMX order (skinny_gemm.cpp, decode_block_pairs): per 16-column tile g and k pair c < 8, byte
-    # 2 j + e = q[16 g + j][2 c + e] | q[16 g + j][16 + 2 c + e] << 4
-    qa = qpad.view(p, 3, 16, nblocks, 2, 8, 2)  # (P, g, j, B, half of k, c, e)
-    qa = (qa[:, :, :, :, 0] | (qa[:, :, :, :, 1] << 4)).to(torch.uint8)  # (P, g, j, B, c, e)
-    qa = qa.permute(0, 3, 1, 4, 2, 5).reshape(p, nblocks, -1)  # (P, B, g c j e)
+    if bits == 4:
+        # the AMX order (skinny_gemm.cpp, decode_block_pairs): per 16-column tile g and k pair c < 8, byte
+        # 2 j + e = q[16 g + j][2 c + e] | q[16 g + j][16 + 2 c + e] << 4
+        qa = qpad.view(p, 3, 16, nblocks, 2, 8, 2)  # (P, g, j, B, half of k, c, e)
+        qa = (qa[:, :, :, :, 0] | (qa[:, :, :, :, 1] << 4)).to(torch.uint8)  # (P, g, j, B, c, e)
+        qa = qa.permute(0, 3, 1, 4, 2, 5).reshape(p, nblocks, -1)  # (P, B, g c j e)
+    else:
+        # decode_block_q8_pairs: per tile g and k pair kp < 16, byte 2 j + e = q[16 g + j][2 kp + e]
+        qa = qpad.to(torch.int8).view(torch.uint8).view(p, 3, 16, nblocks, 16, 2)  # (P, g, j, B, kp, e)
+        qa = qa.permute(0, 3, 1, 4, 2, 5).reshape(p, nblocks, -1)  # (P, B, g kp j e)
     return torch.stack([packed, torch.cat([scales, qa], dim=-1)])
 
 
