@@ -11,7 +11,7 @@ import sys
 s = open(sys.argv[1]).read()
 open(sys.argv[2], "w").write(s[s.index("constexpr int64_t AMX_ROWS"):s.index("// Panels [p0, p1), each block")])
 PY
-for f in amx_block tile_patterns store_then_tile_load tile_vector_overlap; do
+for f in amx_block tile_patterns store_then_tile_load tile_vector_overlap q8_decode; do
   g++ -O3 -march=native -ffp-contract=fast -I"$out" -o "$out/$f" "$here/$f.cpp"
 done
 for lim in 4 2; do
@@ -24,5 +24,6 @@ echo "== store_then_tile_load (ns per round)"; for d in 0 1 4; do ./store_then_t
 echo "== amx_block, K = 576 (18 blocks), 64 panels"
 for parts in 1 2 4 3 5 6 7; do echo "parts $parts:"; ./amx_block x 18 64 $parts 2 | tail -2; done
 echo "== amx_block, K = 1536 (48 blocks), 12 panels"; ./amx_block x 48 12 7 2 | tail -2
+echo "== q8_decode (ns per block)"; ./q8_decode
 echo "== attention_scores, 9 part products"; ./attention_scores_4 320; ./attention_scores_4 1008
 echo "== attention_scores, 6 part products"; ./attention_scores_2 320; ./attention_scores_2 1008
