@@ -240,16 +240,19 @@ void tile_attention(const float* q, int64_t ldq, const float* kb, const float* v
 #pragma omp parallel num_threads(nt)
   {
     const int64_t t_id = omp_get_thread_num(), n_th = omp_get_num_threads();
-    // phase 1: Qt, columns R..RP zero (one query row at a time: its D values go down column r)
-    for (int64_t gr = hkv * RP * t_id / n_th; gr < hkv * RP * (t_id + 1) / n_th; ++gr) {
-      const int64_t g = gr / RP, r = gr % RP;
-      float* col = qt + g * D * RP + r;
-      if (r < R) {
-        const float* qr = q + (r % T) * ldq + (g * rep + r / T) * D;
-        for (int64_t d = 0; d < D; ++d) col[d * RP] = qr[d] * scale;
-      } else {
-        for (int64_t d = 0; d < D; ++d) col[d * RP] = 0.0f;
+    // phase 1: Qt, columns R..RP zero, one row of Qt (one d of one KV head) at a time: contiguous
+    // stores, strided loads from the step's q rows (in L1). Column by column (one query row's D values
+    // down column r) the stores were strided and took ~26% of this function's own time; row by row a
+    // 16-token step of SmolLM2 is ~0.2 ms cheaper (15.56 -> 15.35 ms, alternating in one process), with
+    // the same Qt values.
+    for (int64_t gd = hkv * D * t_id / n_th; gd < hkv * D * (t_id + 1) / n_th; ++gd) {
+      const int64_t g = gd / D, d = gd % D;
+      float* row = qt + gd * RP;
+      for (int64_t j = 0; j < rep; ++j) {
+        const float* qc = q + (g * rep + j) * D + d;
+        for (int64_t t = 0; t < T; ++t) row[j * T + t] = qc[t * ldq] * scale;
       }
+      for (int64_t r = R; r < RP; ++r) row[r] = 0.0f;
     }
 #pragma omp barrier
     // phase 2: items
