@@ -312,7 +312,7 @@ constexpr int64_t AMX_ROWS = 16;  // rows of x per tile product
 // 6.06 / 6.57, M=4 7.33 / 7.35, M=8 9.22 / 8.50, M=16 13.31 / 11.69). In the engine's steps the codes
 // stream from the large L3 here and the vector path's heavier decode (to fp32, then 1-row FMAs) costs
 // more than the tile path's: whole SmolLM2 steps at 300 cached tokens, one process, the two settings
-// alternating step by step, medians of 300 (ms, from 8 rows / from 1 row): k=1 9.61 / 9.01, k=2 10.41 /
+// alternating step by step, medians of 295 (ms, from 8 rows / from 1 row): k=1 9.61 / 9.01, k=2 10.41 /
 // 9.20, k=4 12.11 / 9.89, k=8 11.75 / 11.62, k=16 15.21 / 15.03.
 // Per block the tile unit's work is cheap, but its results pass through memory to be scaled by d and
 // m, once per row, and the decode's stores feed the tile loads, so the vector and tile work of a block
@@ -620,7 +620,8 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
     // calling thread before the region left the other thread idle (~8% of a 16-token step, perf);
     // splitting half the rows each and reading the other half after a barrier moved the parts from core
     // to core, ~30 KB a call at 16 rows (~0.4 ms of a 13 ms 16-token step of SmolLM2, alternating
-    // runs). The split itself is ~0.1 ms of vector work a step, so doing it on both threads is cheap.
+    // runs). The split itself costs each thread ~0.35 ms of a 16-token step (2.1 us per 16 x 576 call
+    // alone; perf in situ put it nearer 0.7 ms): doing it twice is the cheaper of the two.
     const int nt = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), npanels));
 #pragma omp parallel num_threads(nt)
     {
