@@ -219,10 +219,12 @@ bool step_tiles = true;  // skinny.step_attention_tiles() turns them off, to com
 
 // out (T, hq * D), as small_attention; D a multiple of AVL.
 // One parallel region in three phases (threads wait for each other between them): the scaled queries
-// transposed per KV head, the (head, key chunk) items, the merge of each head's chunks by rows. The
-// first and last ran on the calling thread while the other waited (4.6 and 10.6 us of ~80 us a layer
-// at 16 tokens over 300 cached keys; now ~70 us). Chunks whose mask rows are all true skip the
-// per-key mask loop.
+// transposed per KV head, the (head, key chunk) items, the merge of each head's chunks by vectors of
+// rows. The first and last ran on the calling thread while the other waited (4.6 and 10.6 us of ~80 us
+// a layer at 16 tokens over 300 cached keys; ~70 us in one region, ~61 us with the merge on vectors).
+// Chunks whose mask rows are all true skip the per-key mask loop. Where a 16-token step's ~120 us of
+// one thread's work goes (docs/microbench/attention_phases.cpp): the two products ~75 us, the softmax
+// numerators ~22 (mostly the exp of 45 k scores), the merge ~11 before / ~4 after, transposition ~4.
 void tile_attention(const float* q, int64_t ldq, const float* kb, const float* vb, int64_t cap, int64_t S,
                     const bool* mask, int64_t T, int64_t hq, int64_t hkv, int64_t D, float scale, float* out) {
   const int64_t rep = hq / hkv, R = rep * T;  // query rows per KV head: (head j, token t) -> j * T + t
@@ -235,7 +237,7 @@ void tile_attention(const float* q, int64_t ldq, const float* kb, const float* v
   // per item: P V (every element written by values_tile: left uninitialised), row max, row sum
   std::unique_ptr<float[]> pv_buf(new float[items * R * D]);
   float* pv = pv_buf.get();
-  std::vector<float> pm(items * R), pl(items * R);
+  std::vector<float> pm(items * RP), pl(items * RP);  // per item and query row (RP: whole vectors)
   const int nt = at::in_parallel_region() ? 1 : static_cast<int>(std::min<int64_t>(at::get_num_threads(), items));
 #pragma omp parallel num_threads(nt)
   {
@@ -292,10 +294,8 @@ void tile_attention(const float* q, int64_t ldq, const float* kb, const float* v
           astore(sp, e);
           vsum += e;
         }
-        for (int64_t l = 0; l < AVL && c0 + l < R; ++l) {
-          pm[it * R + c0 + l] = vmax[l];
-          pl[it * R + c0 + l] = vsum[l];
-        }
+        astore(pm.data() + it * RP + c0, vmax);
+        astore(pl.data() + it * RP + c0, vsum);
       }
       for (int64_t j = 0; j < n; ++j) rowp[j] = vb + (g * cap + s0 + j) * D;
       float* o = pv + it * R * D;
@@ -313,24 +313,38 @@ void tile_attention(const float* q, int64_t ldq, const float* kb, const float* v
       }
     }
 #pragma omp barrier
-    // phase 3: merge the chunks of each KV head's rows: weights exp(m_c - M), as in one softmax over all keys
-    for (int64_t gr = hkv * R * t_id / n_th; gr < hkv * R * (t_id + 1) / n_th; ++gr) {
-      const int64_t g = gr / R, r = gr % R;
-      float M = NEG;
-      for (int64_t c = 0; c < nchunks; ++c) M = std::max(M, pm[(g * nchunks + c) * R + r]);
-      float* o = out + (r % T) * hq * D + (g * rep + r / T) * D;
-      std::fill(o, o + D, 0.0f);
-      float L = 0;
+    // phase 3: merge the chunks of each KV head's rows, one vector of rows at a time: weights
+    // exp(m_c - M), as in one softmax over all keys. Row by row with std::exp this took ~9 us a layer
+    // per thread in a 16-token step of SmolLM2 (720 scalar exps); on vectors of rows it is ~1 us.
+    const int64_t nv = RP / AVL;
+    std::vector<float> wc(nchunks * AVL);
+    for (int64_t gv = hkv * nv * t_id / n_th; gv < hkv * nv * (t_id + 1) / n_th; ++gv) {
+      const int64_t g = gv / nv, r0 = (gv % nv) * AVL;
+      const float* pmg = pm.data() + g * nchunks * RP + r0;
+      const float* plg = pl.data() + g * nchunks * RP + r0;
+      avec vmax = splat(NEG);
       for (int64_t c = 0; c < nchunks; ++c) {
-        const int64_t it = g * nchunks + c;
-        if (pm[it * R + r] == NEG) continue;
-        const float w = std::exp(pm[it * R + r] - M);
-        L += pl[it * R + r] * w;
-        const float* pr = pv + (it * R + r) * D;
-        for (int64_t d = 0; d < D; ++d) o[d] += pr[d] * w;
+        const avec x = aload(pmg + c * RP);
+        vmax = x > vmax ? x : vmax;
       }
-      const float inv = 1.0f / L;
-      for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+      const avec sub = vmax == splat(NEG) ? splat(0.0f) : vmax;  // a chunk that saw no key weighs 0
+      avec L = splat(0.0f);
+      for (int64_t c = 0; c < nchunks; ++c) {
+        const avec w = vexp(aload(pmg + c * RP) - sub);
+        astore(wc.data() + c * AVL, w);
+        L += aload(plg + c * RP) * w;
+      }
+      const avec inv = splat(1.0f) / L;
+      for (int64_t l = 0; l < AVL && r0 + l < R; ++l) {
+        const int64_t r = r0 + l;
+        float* o = out + (r % T) * hq * D + (g * rep + r / T) * D;
+        for (int64_t d = 0; d < D; d += AVL) {
+          avec acc = splat(0.0f);
+          for (int64_t c = 0; c < nchunks; ++c)
+            acc += aload(pv + ((g * nchunks + c) * R + r) * D + d) * splat(wc[c * AVL + l]);
+          astore(o + d, acc * splat(inv[l]));
+        }
+      }
     }
   }
 }
