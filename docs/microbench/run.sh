@@ -14,6 +14,26 @@ PY
 for f in amx_block tile_patterns store_then_tile_load tile_vector_overlap q8_decode; do
   g++ -O3 -march=native -ffp-contract=fast -I"$out" -o "$out/$f" "$here/$f.cpp"
 done
+# tile_attention with a timestamp at each phase boundary
+python3 - "$here/../../src/llmaccel/kernels/decoder_layer.cpp" "$out/tile_attention_phases.inc" <<'PY2'
+import sys
+s = open(sys.argv[1]).read()
+s = s[s.index("bool step_tiles = true;"):s.index("void add_into(")]
+marks = [("#pragma omp barrier\n    // phase 2: items", "TMARK(0);\n#pragma omp barrier\n    TMARK(1);\n    // phase 2: items"),
+         ("      if (mask)  // hidden keys", "      TMARK(2);\n      if (mask)  // hidden keys"),
+         ("      // softmax numerators down the columns", "      TMARK(3);\n      // softmax numerators down the columns"),
+         ("      for (int64_t j = 0; j < n; ++j) rowp[j] = vb +", "      TMARK(4);\n      for (int64_t j = 0; j < n; ++j) rowp[j] = vb +"),
+         ("#pragma omp barrier\n    // phase 3", "TMARK(5);\n#pragma omp barrier\n    TMARK(6);\n    // phase 3"),
+         ("    const int64_t t_id = omp_get_thread_num(), n_th = omp_get_num_threads();",
+          "    const int64_t t_id = omp_get_thread_num(), n_th = omp_get_num_threads();\n    uint64_t tlast = __rdtsc();")]
+for a, b in marks:
+    assert a in s, a
+    s = s.replace(a, b, 1)
+i = s.rindex("  }\n}")
+open(sys.argv[2], "w").write(s[:i] + "    TMARK(7);\n" + s[i:])
+PY2
+g++ -O3 -march=native -ffp-contract=fast -fopenmp -I"$out" -I"$here/../../src/llmaccel/kernels" -o "$out/attention_phases" "$here/attention_phases.cpp"
+for v in FMA PERM SHIFT LOGIC; do g++ -O2 -march=native -D$v -o "$out/tile_port_overlap_$v" "$here/tile_port_overlap.cpp"; done
 for lim in 4 2; do
   g++ -O3 -march=native -ffp-contract=fast -DLIM=$lim -I"$here/../../src/llmaccel/kernels" -o "$out/attention_scores_$lim" "$here/attention_scores.cpp"
 done
@@ -24,6 +44,10 @@ echo "== store_then_tile_load (ns per round)"; for d in 0 1 4; do ./store_then_t
 echo "== amx_block, K = 576 (18 blocks), 64 panels"
 for parts in 1 2 4 3 5 6 7; do echo "parts $parts:"; ./amx_block x 18 64 $parts 2 | tail -2; done
 echo "== amx_block, K = 1536 (48 blocks), 12 panels"; ./amx_block x 48 12 7 2 | tail -2
+echo "== amx_block, K = 576, the five loops (parts 2 = tiles only, 5 = vector work only)"; for parts in 2 5; do ./amx_block x 18 64 $parts 2 | tail -5; done
+echo "== tile_port_overlap (ns per round): batched vs interleaved vector work"
+for v in FMA PERM SHIFT LOGIC; do ./tile_port_overlap_$v 2 1; for nf in 1 2 4; do ./tile_port_overlap_$v 3 $nf; ./tile_port_overlap_$v 0 $nf; ./tile_port_overlap_$v 1 $nf; done; done
+echo "== attention_phases (us)"; OMP_NUM_THREADS=2 ./attention_phases 300 16; OMP_NUM_THREADS=1 ./attention_phases 300 16
 echo "== q8_decode (ns per block)"; ./q8_decode
 echo "== attention_scores, 9 part products"; ./attention_scores_4 320; ./attention_scores_4 1008
 echo "== attention_scores, 6 part products"; ./attention_scores_2 320; ./attention_scores_2 1008
