@@ -7,6 +7,8 @@
 //   il       the kept tiles, with the decode of block b+2 and the scaling of block b-1 cut into nine
 //            slices, one after each tile product (session 17)
 //   dil      dbuf's tiles with il's slices (session 17)
+//   il2      il with slices as tight as the kept loop's vector code (d and m in registers, slice bounds
+//            fixed at compile time, one branch a block); session 17 tried it in the kernel itself
 //   ./amx_block x NB_BLOCKS PANELS PARTS LAG    PARTS: bits 1 decode, 2 tile products, 4 scaling
 // (the kernel's own decode / tile / scale functions are pulled in from skinny_gemm.cpp by run.sh).
 #include <immintrin.h>
@@ -189,23 +191,24 @@ static void panel_il(const uint16_t* parts, const float* xsum, int64_t nb, int64
     const float* dm = reinterpret_cast<const float*>(panel + (b - 1) * bb); const float* cb = cbuf[(b - 1) & 1]; const float* xs = xsum + b - 1;
 #define SLOT(s) { if (dec) { _Pragma("GCC unroll 8") for (int64_t i = 24 * (s) / 9; i < 24 * ((s) + 1) / 9; ++i) dec_iter(dsrc, ddst, i, table); } \
                   if (scl) { _Pragma("GCC unroll 8") for (int64_t j = nsc * (s) / 9; j < nsc * ((s) + 1) / 9; ++j) sc_iter(dm, cb, xs, nb, rows, acc, j); } }
-    _tile_loadd(4, bt, 64); _tile_loadd(5, bt + 512, 64); _tile_loadd(6, bt + 1024, 64);
+    const bool tl = PM & 2;
+    if (tl) { _tile_loadd(4, bt, 64); _tile_loadd(5, bt + 512, 64); _tile_loadd(6, bt + 1024, 64);
     _tile_zero(0); _tile_zero(1); _tile_zero(2);
     _tile_loadd(3, parts + ((0 * nb + b) * M) * QB, 64);
-    _tile_loadd(7, parts + ((1 * nb + b) * M) * QB, 64);
-    _tile_dpbf16ps(0, 3, 4); SLOT(0)
-    _tile_dpbf16ps(1, 3, 5); SLOT(1)
-    _tile_dpbf16ps(2, 3, 6); SLOT(2)
-    _tile_dpbf16ps(0, 7, 4); SLOT(3)
-    _tile_dpbf16ps(1, 7, 5); SLOT(4)
-    _tile_dpbf16ps(2, 7, 6); SLOT(5)
-    _tile_loadd(3, parts + ((2 * nb + b) * M) * QB, 64);
-    _tile_dpbf16ps(0, 3, 4); SLOT(6)
-    _tile_dpbf16ps(1, 3, 5); SLOT(7)
-    _tile_dpbf16ps(2, 3, 6); SLOT(8)
+    _tile_loadd(7, parts + ((1 * nb + b) * M) * QB, 64); }
+    if (tl) _tile_dpbf16ps(0, 3, 4); SLOT(0)
+    if (tl) _tile_dpbf16ps(1, 3, 5); SLOT(1)
+    if (tl) _tile_dpbf16ps(2, 3, 6); SLOT(2)
+    if (tl) _tile_dpbf16ps(0, 7, 4); SLOT(3)
+    if (tl) _tile_dpbf16ps(1, 7, 5); SLOT(4)
+    if (tl) _tile_dpbf16ps(2, 7, 6); SLOT(5)
+    if (tl) _tile_loadd(3, parts + ((2 * nb + b) * M) * QB, 64);
+    if (tl) _tile_dpbf16ps(0, 3, 4); SLOT(6)
+    if (tl) _tile_dpbf16ps(1, 3, 5); SLOT(7)
+    if (tl) _tile_dpbf16ps(2, 3, 6); SLOT(8)
     asm volatile("" ::: "memory");
     float* cs = cbuf[b & 1];
-    _tile_stored(0, cs, 64); _tile_stored(1, cs + 256, 64); _tile_stored(2, cs + 512, 64);
+    if (tl) { _tile_stored(0, cs, 64); _tile_stored(1, cs + 256, 64); _tile_stored(2, cs + 512, 64); }
     asm volatile("" ::: "memory");
   }
   { const float* dm = reinterpret_cast<const float*>(panel + (nb - 1) * bb);
@@ -246,6 +249,74 @@ static void panel_dil(const uint16_t* parts, const float* xsum, int64_t nb, int6
   for (int g=0; g<3; ++g) for (int r=0;r<16;++r) _mm512_storeu_ps(y + r*ldy + g*16, _mm512_load_ps(acc + g*256 + r*16));
 }
 
+// il2: il with slices as tight as the kept loop's vector code: the scaled block's d and m in registers,
+// slice bounds fixed at compile time, the per-block choice (decode? scale?) made once per block.
+template <int S, bool DEC, bool SCL>
+static inline void slice2(const uint8_t* dsrc, uint16_t* ddst, __m512i table, const __m512* d, const __m512* m,
+                          const float* cb, const float* xs, int64_t nb, float* acc) {
+  if (DEC) {
+#pragma GCC unroll 8
+    for (int i = 24 * S / 9; i < 24 * (S + 1) / 9; ++i) dec_iter(dsrc, ddst, i, table);
+  }
+  if (SCL) {
+#pragma GCC unroll 8
+    for (int j = 48 * S / 9; j < 48 * (S + 1) / 9; ++j) {
+      const int g = j / 16, r = j % 16;
+      const __m512 s = _mm512_fmadd_ps(d[g], _mm512_load_ps(cb + g * 256 + r * 16), _mm512_load_ps(acc + g * 256 + r * 16));
+      _mm512_store_ps(acc + g * 256 + r * 16, _mm512_fmadd_ps(m[g], _mm512_set1_ps(xs[r * nb]), s));
+    }
+  }
+}
+template <bool DEC, bool SCL>
+static inline void il2_block(const uint16_t* parts, const float* xsum, int64_t nb, int64_t M, const uint8_t* panel, int64_t bb,
+                             int64_t b, uint16_t (*btile)[3 * 512], float (*cbuf)[768], float* acc, __m512i table) {
+  const uint16_t* bt = btile[b % 3];
+  const uint8_t* dsrc = panel + (b + 2) * bb; uint16_t* ddst = btile[(b + 2) % 3];
+  const float* dmp = reinterpret_cast<const float*>(panel + (b - 1) * bb);
+  __m512 d[3], m[3];
+  if (SCL) for (int g = 0; g < 3; ++g) d[g] = _mm512_loadu_ps(dmp + g * 16), m[g] = _mm512_loadu_ps(dmp + NB + g * 16);
+  const float* cb = cbuf[(b - 1) & 1]; const float* xs = xsum + b - 1;
+  const bool tl = PM & 2;  // microbenchmark switch: tile work on or off
+  if (tl) {
+    _tile_loadd(4, bt, 64); _tile_loadd(5, bt + 512, 64); _tile_loadd(6, bt + 1024, 64);
+    _tile_zero(0); _tile_zero(1); _tile_zero(2);
+    _tile_loadd(3, parts + ((0 * nb + b) * M) * QB, 64);
+    _tile_loadd(7, parts + ((1 * nb + b) * M) * QB, 64);
+  }
+#define SL(s) slice2<s, DEC, SCL>(dsrc, ddst, table, d, m, cb, xs, nb, acc);
+  if (tl) _tile_dpbf16ps(0, 3, 4); SL(0)
+  if (tl) _tile_dpbf16ps(1, 3, 5); SL(1)
+  if (tl) _tile_dpbf16ps(2, 3, 6); SL(2)
+  if (tl) _tile_dpbf16ps(0, 7, 4); SL(3)
+  if (tl) _tile_dpbf16ps(1, 7, 5); SL(4)
+  if (tl) _tile_dpbf16ps(2, 7, 6); SL(5)
+  if (tl) _tile_loadd(3, parts + ((2 * nb + b) * M) * QB, 64);
+  if (tl) _tile_dpbf16ps(0, 3, 4); SL(6)
+  if (tl) _tile_dpbf16ps(1, 3, 5); SL(7)
+  if (tl) _tile_dpbf16ps(2, 3, 6); SL(8)
+#undef SL
+  asm volatile("" ::: "memory");
+  float* cs = cbuf[b & 1];
+  if (tl) { _tile_stored(0, cs, 64); _tile_stored(1, cs + 256, 64); _tile_stored(2, cs + 512, 64); }
+  asm volatile("" ::: "memory");
+}
+static void panel_il2(const uint16_t* parts, const float* xsum, int64_t nb, int64_t M, const uint8_t* panel, int64_t bb, float* y, int64_t ldy) {
+  alignas(64) uint16_t btile[3][3 * 512]; alignas(64) float cbuf[2][768]; alignas(64) float acc[768];
+  for (int i = 0; i < 768; ++i) acc[i] = 0;
+  const bool dec = PM & 1, scl = PM & 4;
+  if (dec) { decode_block_pairs(panel, btile[0]); if (nb > 1) decode_block_pairs(panel + bb, btile[1]); }
+  const __m512i table = nibble_table();
+  for (int64_t b = 0; b < nb; ++b) {
+    const bool db = dec && b + 2 < nb, sb = scl && b >= 1;
+    if (db && sb) il2_block<true, true>(parts, xsum, nb, M, panel, bb, b, btile, cbuf, acc, table);
+    else if (db) il2_block<true, false>(parts, xsum, nb, M, panel, bb, b, btile, cbuf, acc, table);
+    else if (sb) il2_block<false, true>(parts, xsum, nb, M, panel, bb, b, btile, cbuf, acc, table);
+    else il2_block<false, false>(parts, xsum, nb, M, panel, bb, b, btile, cbuf, acc, table);
+  }
+  if (scl) scale_block(reinterpret_cast<const float*>(panel + (nb - 1) * bb), cbuf[(nb - 1) & 1], xsum + nb - 1, nb, 16, acc);
+  for (int g = 0; g < 3; ++g) for (int r = 0; r < 16; ++r) _mm512_storeu_ps(y + r * ldy + g * 16, _mm512_load_ps(acc + g * 256 + r * 16));
+}
+
 int main(int argc, char**argv){ if (argc>4) PM=atoi(argv[4]); if (argc>5) LAG=atoi(argv[5]);
   syscall(SYS_arch_prctl, 0x1023, 18);
   const int nb = argc>2 ? atoi(argv[2]) : 18, M=16, K=nb*32, P = argc>3? atoi(argv[3]) : 64;
@@ -258,17 +329,17 @@ int main(int argc, char**argv){ if (argc>4) PM=atoi(argv[4]); if (argc>5) LAG=at
   TileConfig cfg; for (int t=0;t<8;++t) cfg.rows[t]=16, cfg.colsb[t]=64;
   asm volatile("ldtilecfg %0"::"m"(cfg));
   using PanelFn = void (*)(const uint16_t*, const float*, int64_t, int64_t, const uint8_t*, int64_t, float*, int64_t);
-  const PanelFn fns[5] = {panel_cur, panel_db, panel_db2, panel_il, panel_dil};
-  const char* names[5] = {"current", "dbuf", "db2", "il", "dil"};
+  const PanelFn fns[6] = {panel_cur, panel_db, panel_db2, panel_il, panel_dil, panel_il2};
+  const char* names[6] = {"current", "dbuf", "db2", "il", "dil", "il2"};
   std::vector<float> y0(M*P*NB), y1(M*P*NB);
   if (PM == 7)  // every variant gives the kept loop's outputs bit for bit
-    for (int v=1; v<5; ++v) {
+    for (int v=1; v<6; ++v) {
       for (int p=0;p<P;++p) { panel_cur(parts.data(), xsum.data(), nb, M, codes.data()+p*nb*Q4_BYTES, Q4_BYTES, y0.data()+p*NB, P*NB);
                               fns[v](parts.data(), xsum.data(), nb, M, codes.data()+p*nb*Q4_BYTES, Q4_BYTES, y1.data()+p*NB, P*NB); }
       double md=0; for (size_t i=0;i<y0.size();++i) md=std::max(md,(double)std::abs(y0[i]-y1[i]));
       printf("%s: max abs diff vs current %.3g\n", names[v], md);
     }
-  for (int mode=0; mode<5; ++mode) {
+  for (int mode=0; mode<6; ++mode) {
     double best=1e9;
     for (int rep=0; rep<9; ++rep){
       double t=now();
