@@ -4,11 +4,11 @@
 //   dbuf     C tiles 0-2 / 3-5 alternate between blocks, A = tile 6, B = tile 7 reloaded per product;
 //            stores of block b-1 and its scaling lag behind block b's products, decode two blocks ahead
 //   db2      as dbuf, with the stores of C(b-1) issued before block b's products
-//   il       the kept tiles, with the decode of block b+2 and the scaling of block b-1 cut into nine
-//            slices, one after each tile product (session 17)
-//   dil      dbuf's tiles with il's slices (session 17)
-//   il2      il with slices as tight as the kept loop's vector code (d and m in registers, slice bounds
-//            fixed at compile time, one branch a block); session 17 tried it in the kernel itself
+//   il2      the kept tiles, with the decode of block b+2 and the scaling of block b-1 cut into nine
+//            slices, one after each tile product (d and m in registers, slice bounds fixed at compile
+//            time, one branch a block); session 17 tried it in the kernel itself
+// (Earlier variants measured in BENCHMARKS.md: register accumulators with the column groups outermost,
+// session 16, and il / dil, slices with looser code, session 17, are in git history at commit cc5df2b.)
 //   ./amx_block x NB_BLOCKS PANELS PARTS LAG    PARTS: bits 1 decode, 2 tile products, 4 scaling
 // (the kernel's own decode / tile / scale functions are pulled in from skinny_gemm.cpp by run.sh).
 #include <immintrin.h>
@@ -26,54 +26,6 @@ struct Packed { const float* f32=nullptr; const uint8_t* q=nullptr; const uint8_
 static int PM = 7;  // parts run: 1 decode, 2 tile products, 4 scaling
 static double now(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 
-// decode only tile g of a block (pairs layout)
-static inline void decode_g(const uint8_t* blk, int g, uint16_t* t /*[512]*/) {
-  const uint8_t* c = blk + 8 * NB + g * 8 * 32;
-  const __m512i table = nibble_table();
-#pragma GCC unroll 8
-  for (int64_t kp = 0; kp < 8; ++kp) {
-    const __m512i v = _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(c + kp * 32)));
-    _mm512_store_si512(t + kp * 32, _mm512_permutexvar_epi16(v, table));
-    _mm512_store_si512(t + (kp + 8) * 32, _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table));
-  }
-}
-
-// g-outer: one panel, 16 rows, acc in registers
-static void panel_gouter(const uint16_t* parts, const float* xsum, int64_t nb, int64_t M, const uint8_t* panel, int64_t bb, float* y, int64_t ldy) {
-  alignas(64) uint16_t bt[3][512];
-  alignas(64) float cb[3][256];
-  for (int g = 0; g < 3; ++g) {
-    __m512 acc[16];
-    for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
-    for (int64_t b = 0; b < nb; b += 3) {
-      const int nbk = std::min<int64_t>(3, nb - b);
-      for (int i = 0; i < nbk; ++i) decode_g(panel + (b + i) * bb, g, bt[i]);
-      _tile_loadd(4, bt[0], 64); _tile_zero(0);
-      if (nbk > 1) { _tile_loadd(5, bt[1], 64); _tile_zero(1); }
-      if (nbk > 2) { _tile_loadd(6, bt[2], 64); _tile_zero(2); }
-      for (int p = 0; p < 3; ++p) {
-        _tile_loadd(3, parts + ((p * nb + b) * M) * QB, 64);
-        _tile_dpbf16ps(0, 3, 4);
-        if (nbk > 1) { _tile_loadd(7, parts + ((p * nb + b + 1) * M) * QB, 64); _tile_dpbf16ps(1, 7, 5); }
-        if (nbk > 2) { _tile_loadd(3, parts + ((p * nb + b + 2) * M) * QB, 64); _tile_dpbf16ps(2, 3, 6); }
-      }
-      _tile_stored(0, cb[0], 64);
-      if (nbk > 1) _tile_stored(1, cb[1], 64);
-      if (nbk > 2) _tile_stored(2, cb[2], 64);
-      for (int i = 0; i < nbk; ++i) {
-        const float* dm = reinterpret_cast<const float*>(panel + (b + i) * bb);
-        const __m512 d = _mm512_loadu_ps(dm + g * 16), m = _mm512_loadu_ps(dm + NB + g * 16);
-#pragma GCC unroll 16
-        for (int r = 0; r < 16; ++r) {
-          acc[r] = _mm512_fmadd_ps(d, _mm512_load_ps(cb[i] + r * 16), acc[r]);
-          acc[r] = _mm512_fmadd_ps(m, _mm512_set1_ps(xsum[r * nb + b + i]), acc[r]);
-        }
-      }
-    }
-    for (int r = 0; r < 16; ++r) _mm512_storeu_ps(y + r * ldy + g * 16, acc[r]);
-  }
-}
-
 // current: one panel
 static void panel_cur(const uint16_t* parts, const float* xsum, int64_t nb, int64_t M, const uint8_t* panel, int64_t bb, float* y, int64_t ldy) {
   alignas(64) uint16_t btile[3 * 512] = {}; alignas(64) float cbuf[768] = {}; alignas(64) float acc[768];
@@ -86,31 +38,6 @@ static void panel_cur(const uint16_t* parts, const float* xsum, int64_t nb, int6
   for (int g=0; g<3; ++g) for (int r=0;r<16;++r) _mm512_storeu_ps(y + r*ldy + g*16, _mm512_load_ps(acc + g*256 + r*16));
 }
 
-
-// software pipelined: products of block b, decode of b+1, scale of b-1, then the stores of C(b)
-
-static void panel_pipe(const uint16_t* parts, const float* xsum, int64_t nb, int64_t M, const uint8_t* panel, int64_t bb, float* y, int64_t ldy) {
-  alignas(64) uint16_t btile[3][3 * 512]; alignas(64) float cbuf[2][768]; alignas(64) float acc[768];
-  for (int i=0;i<768;++i) acc[i]=0;
-  decode_block_pairs(panel, btile[0]);
-  for (int64_t b = 0; b <= nb; ++b) {
-    if (b < nb && (PM&2)) {
-      const uint16_t* bt = btile[b % 3];
-      _tile_loadd(4, bt, 64); _tile_loadd(5, bt + 512, 64); _tile_loadd(6, bt + 1024, 64);
-      _tile_zero(0); _tile_zero(1); _tile_zero(2);
-      _tile_loadd(3, parts + ((0 * nb + b) * M) * QB, 64);
-      _tile_loadd(7, parts + ((1 * nb + b) * M) * QB, 64);
-      _tile_dpbf16ps(0, 3, 4); _tile_dpbf16ps(1, 3, 5); _tile_dpbf16ps(2, 3, 6);
-      _tile_dpbf16ps(0, 7, 4); _tile_dpbf16ps(1, 7, 5); _tile_dpbf16ps(2, 7, 6);
-      _tile_loadd(3, parts + ((2 * nb + b) * M) * QB, 64);
-      _tile_dpbf16ps(0, 3, 4); _tile_dpbf16ps(1, 3, 5); _tile_dpbf16ps(2, 3, 6);
-    }
-    if (b + 2 < nb && (PM&1)) decode_block_pairs(panel + (b + 2) * bb, btile[(b + 2) % 3]);
-    if (b > 0 && (PM&4)) scale_block(reinterpret_cast<const float*>(panel + (b - 1) * bb), cbuf[(b - 1) & 1], xsum + b - 1, nb, 16, acc);
-    if (b < nb && (PM&2)) { float* cb = cbuf[b & 1]; _tile_stored(0, cb, 64); _tile_stored(1, cb + 256, 64); _tile_stored(2, cb + 512, 64); }
-  }
-  for (int g=0; g<3; ++g) for (int r=0;r<16;++r) _mm512_storeu_ps(y + r*ldy + g*16, _mm512_load_ps(acc + g*256 + r*16));
-}
 
 // double-buffered C tiles (0-2 / 3-5), A = 6, B = 7: products of block b, stores of b-1, decode b+1, scale b-LAG
 static int LAG=2;
@@ -171,85 +98,8 @@ static inline void dec_iter(const uint8_t* blk, uint16_t* t, int64_t i, __m512i 
   _mm512_store_si512(t + g * 512 + kp * 32, _mm512_permutexvar_epi16(v, table));
   _mm512_store_si512(t + g * 512 + (kp + 8) * 32, _mm512_permutexvar_epi16(_mm512_srli_epi16(v, 4), table));
 }
-static inline void sc_iter(const float* dm, const float* cb, const float* xs, int64_t nb, int64_t rows, float* acc, int64_t j) {
-  const int64_t g = j / rows, r = j % rows;
-  const __m512 d = _mm512_loadu_ps(dm + g * 16), m = _mm512_loadu_ps(dm + NB + g * 16);
-  const __m512 s = _mm512_fmadd_ps(d, _mm512_load_ps(cb + g * 256 + r * 16), _mm512_load_ps(acc + g * 256 + r * 16));
-  _mm512_store_ps(acc + g * 256 + r * 16, _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * nb]), s));
-}
-static void panel_il(const uint16_t* parts, const float* xsum, int64_t nb, int64_t M, const uint8_t* panel, int64_t bb, float* y, int64_t ldy) {
-  alignas(64) uint16_t btile[3][3 * 512]; alignas(64) float cbuf[2][768]; alignas(64) float acc[768];
-  constexpr int64_t rows = 16;
-  for (int i=0;i<768;++i) acc[i]=0;
-  decode_block_pairs(panel, btile[0]); if (nb > 1) decode_block_pairs(panel + bb, btile[1]);
-  const __m512i table = nibble_table();
-  constexpr int64_t nsc = 3 * rows;
-  for (int64_t b = 0; b < nb; ++b) {
-    const uint16_t* bt = btile[b % 3];
-    const bool dec = (PM & 1) && b + 2 < nb, scl = (PM & 4) && b >= 1;
-    const uint8_t* dsrc = panel + (b + 2) * bb; uint16_t* ddst = btile[(b + 2) % 3];
-    const float* dm = reinterpret_cast<const float*>(panel + (b - 1) * bb); const float* cb = cbuf[(b - 1) & 1]; const float* xs = xsum + b - 1;
-#define SLOT(s) { if (dec) { _Pragma("GCC unroll 8") for (int64_t i = 24 * (s) / 9; i < 24 * ((s) + 1) / 9; ++i) dec_iter(dsrc, ddst, i, table); } \
-                  if (scl) { _Pragma("GCC unroll 8") for (int64_t j = nsc * (s) / 9; j < nsc * ((s) + 1) / 9; ++j) sc_iter(dm, cb, xs, nb, rows, acc, j); } }
-    const bool tl = PM & 2;
-    if (tl) { _tile_loadd(4, bt, 64); _tile_loadd(5, bt + 512, 64); _tile_loadd(6, bt + 1024, 64);
-    _tile_zero(0); _tile_zero(1); _tile_zero(2);
-    _tile_loadd(3, parts + ((0 * nb + b) * M) * QB, 64);
-    _tile_loadd(7, parts + ((1 * nb + b) * M) * QB, 64); }
-    if (tl) _tile_dpbf16ps(0, 3, 4); SLOT(0)
-    if (tl) _tile_dpbf16ps(1, 3, 5); SLOT(1)
-    if (tl) _tile_dpbf16ps(2, 3, 6); SLOT(2)
-    if (tl) _tile_dpbf16ps(0, 7, 4); SLOT(3)
-    if (tl) _tile_dpbf16ps(1, 7, 5); SLOT(4)
-    if (tl) _tile_dpbf16ps(2, 7, 6); SLOT(5)
-    if (tl) _tile_loadd(3, parts + ((2 * nb + b) * M) * QB, 64);
-    if (tl) _tile_dpbf16ps(0, 3, 4); SLOT(6)
-    if (tl) _tile_dpbf16ps(1, 3, 5); SLOT(7)
-    if (tl) _tile_dpbf16ps(2, 3, 6); SLOT(8)
-    asm volatile("" ::: "memory");
-    float* cs = cbuf[b & 1];
-    if (tl) { _tile_stored(0, cs, 64); _tile_stored(1, cs + 256, 64); _tile_stored(2, cs + 512, 64); }
-    asm volatile("" ::: "memory");
-  }
-  { const float* dm = reinterpret_cast<const float*>(panel + (nb - 1) * bb);
-    for (int64_t j = 0; j < nsc; ++j) sc_iter(dm, cbuf[(nb - 1) & 1], xsum + nb - 1, nb, rows, acc, j); }
-  for (int g=0; g<3; ++g) for (int r=0;r<16;++r) _mm512_storeu_ps(y + r*ldy + g*16, _mm512_load_ps(acc + g*256 + r*16));
-}
 
-// double-buffered C (0-2 / 3-5), A = 6, B = 7 reloaded per product, vector slices between products
-static void panel_dil(const uint16_t* parts, const float* xsum, int64_t nb, int64_t M, const uint8_t* panel, int64_t bb, float* y, int64_t ldy) {
-  alignas(64) uint16_t btile[3][3 * 512]; alignas(64) float cbuf[2][768]; alignas(64) float acc[768];
-  constexpr int64_t rows = 16;
-  for (int i=0;i<768;++i) acc[i]=0;
-  decode_block_pairs(panel, btile[0]); if (nb > 1) decode_block_pairs(panel + bb, btile[1]);
-  const __m512i table = nibble_table();
-  constexpr int64_t nsc = 3 * rows;
-  for (int64_t b = 0; b <= nb; ++b) {
-    const bool tl = b < nb;
-    const uint16_t* bt = btile[b % 3];
-    const bool dec = (PM & 1) && b + 2 < nb, scl = (PM & 4) && b >= 2;
-    const uint8_t* dsrc = panel + (b + 2) * bb; uint16_t* ddst = btile[(b + 2) % 3];
-    const float* dm = reinterpret_cast<const float*>(panel + (b - 2) * bb); const float* cb = cbuf[(b - 2) & 1]; const float* xs = xsum + b - 2;
-    // stores of C(b-1) from the other set, then products of b
-    if (b >= 1) { float* cs = cbuf[(b - 1) & 1];
-      if ((b - 1) & 1) { _tile_stored(3, cs, 64); _tile_stored(4, cs + 256, 64); _tile_stored(5, cs + 512, 64); }
-      else { _tile_stored(0, cs, 64); _tile_stored(1, cs + 256, 64); _tile_stored(2, cs + 512, 64); } }
-#define PRX(c, p, g, s) if (tl) { if ((g) == 0) _tile_loadd(6, parts + (((p) * nb + b) * M) * QB, 64); _tile_loadd(7, bt + (g) * 512, 64); _tile_dpbf16ps(c, 6, 7); } SLOT(s)
-    if (b & 1) {
-      if (tl) { _tile_zero(3); _tile_zero(4); _tile_zero(5); }
-      PRX(3,0,0,0) PRX(4,0,1,1) PRX(5,0,2,2) PRX(3,1,0,3) PRX(4,1,1,4) PRX(5,1,2,5) PRX(3,2,0,6) PRX(4,2,1,7) PRX(5,2,2,8)
-    } else {
-      if (tl) { _tile_zero(0); _tile_zero(1); _tile_zero(2); }
-      PRX(0,0,0,0) PRX(1,0,1,1) PRX(2,0,2,2) PRX(0,1,0,3) PRX(1,1,1,4) PRX(2,1,2,5) PRX(0,2,0,6) PRX(1,2,1,7) PRX(2,2,2,8)
-    }
-    asm volatile("" ::: "memory");
-  }
-  { const float* dm = reinterpret_cast<const float*>(panel + (nb - 1) * bb);
-    for (int64_t j = 0; j < nsc; ++j) sc_iter(dm, cbuf[(nb - 1) & 1], xsum + nb - 1, nb, rows, acc, j); }
-  for (int g=0; g<3; ++g) for (int r=0;r<16;++r) _mm512_storeu_ps(y + r*ldy + g*16, _mm512_load_ps(acc + g*256 + r*16));
-}
-
-// il2: il with slices as tight as the kept loop's vector code: the scaled block's d and m in registers,
+// il2: slices as tight as the kept loop's vector code: the scaled block's d and m in registers,
 // slice bounds fixed at compile time, the per-block choice (decode? scale?) made once per block.
 template <int S, bool DEC, bool SCL>
 static inline void slice2(const uint8_t* dsrc, uint16_t* ddst, __m512i table, const __m512* d, const __m512* m,
@@ -301,7 +151,7 @@ static inline void il2_block(const uint16_t* parts, const float* xsum, int64_t n
   asm volatile("" ::: "memory");
 }
 static void panel_il2(const uint16_t* parts, const float* xsum, int64_t nb, int64_t M, const uint8_t* panel, int64_t bb, float* y, int64_t ldy) {
-  alignas(64) uint16_t btile[3][3 * 512]; alignas(64) float cbuf[2][768]; alignas(64) float acc[768];
+  alignas(64) uint16_t btile[3][3 * 512] = {}; alignas(64) float cbuf[2][768] = {}; alignas(64) float acc[768];
   for (int i = 0; i < 768; ++i) acc[i] = 0;
   const bool dec = PM & 1, scl = PM & 4;
   if (dec) { decode_block_pairs(panel, btile[0]); if (nb > 1) decode_block_pairs(panel + bb, btile[1]); }
@@ -329,17 +179,17 @@ int main(int argc, char**argv){ if (argc>4) PM=atoi(argv[4]); if (argc>5) LAG=at
   TileConfig cfg; for (int t=0;t<8;++t) cfg.rows[t]=16, cfg.colsb[t]=64;
   asm volatile("ldtilecfg %0"::"m"(cfg));
   using PanelFn = void (*)(const uint16_t*, const float*, int64_t, int64_t, const uint8_t*, int64_t, float*, int64_t);
-  const PanelFn fns[6] = {panel_cur, panel_db, panel_db2, panel_il, panel_dil, panel_il2};
-  const char* names[6] = {"current", "dbuf", "db2", "il", "dil", "il2"};
+  const PanelFn fns[4] = {panel_cur, panel_db, panel_db2, panel_il2};
+  const char* names[4] = {"current", "dbuf", "db2", "il2"};
   std::vector<float> y0(M*P*NB), y1(M*P*NB);
   if (PM == 7)  // every variant gives the kept loop's outputs bit for bit
-    for (int v=1; v<6; ++v) {
+    for (int v=1; v<4; ++v) {
       for (int p=0;p<P;++p) { panel_cur(parts.data(), xsum.data(), nb, M, codes.data()+p*nb*Q4_BYTES, Q4_BYTES, y0.data()+p*NB, P*NB);
                               fns[v](parts.data(), xsum.data(), nb, M, codes.data()+p*nb*Q4_BYTES, Q4_BYTES, y1.data()+p*NB, P*NB); }
       double md=0; for (size_t i=0;i<y0.size();++i) md=std::max(md,(double)std::abs(y0[i]-y1[i]));
       printf("%s: max abs diff vs current %.3g\n", names[v], md);
     }
-  for (int mode=0; mode<6; ++mode) {
+  for (int mode=0; mode<4; ++mode) {
     double best=1e9;
     for (int rep=0; rep<9; ++rep){
       double t=now();

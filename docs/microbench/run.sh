@@ -44,7 +44,7 @@ echo "== store_then_tile_load (ns per round)"; for d in 0 1 4; do ./store_then_t
 echo "== amx_block, K = 576 (18 blocks), 64 panels"
 for parts in 1 2 4 3 5 6 7; do echo "parts $parts:"; ./amx_block x 18 64 $parts 2 | tail -2; done
 echo "== amx_block, K = 1536 (48 blocks), 12 panels"; ./amx_block x 48 12 7 2 | tail -2
-echo "== amx_block, K = 576, the five loops (parts 2 = tiles only, 5 = vector work only)"; for parts in 2 5; do ./amx_block x 18 64 $parts 2 | tail -5; done
+echo "== amx_block, K = 576, the four loops (parts 2 = tiles only, 5 = vector work only)"; for parts in 2 5; do ./amx_block x 18 64 $parts 2 | tail -5; done
 echo "== tile_port_overlap (ns per round): batched vs interleaved vector work"
 for v in FMA PERM SHIFT LOGIC; do ./tile_port_overlap_$v 2 1; for nf in 1 2 4; do ./tile_port_overlap_$v 3 $nf; ./tile_port_overlap_$v 0 $nf; ./tile_port_overlap_$v 1 $nf; done; done
 echo "== attention_phases (us)"; OMP_NUM_THREADS=2 ./attention_phases 300 16; OMP_NUM_THREADS=1 ./attention_phases 300 16
