@@ -27,7 +27,6 @@ import torch
 from llmaccel.drafting.lookahead import JacobiWindow, LookaheadOptions, NgramPool, WindowGate
 from llmaccel.drafting.reference import ReferenceDrafter, ReferenceOptions, expected_tokens, step_cost_table
 from llmaccel.drafting.tree import DraftTree, flatten
-from llmaccel.verify import greedy_targets
 
 log = logging.getLogger(__name__)
 
@@ -251,10 +250,9 @@ class Decoder:
         t0 = time.perf_counter()
         self._start_drafting()  # indexing the references and the prompt counts as prefill time
         sparse = lm.sparse_prefill(len(self.prompt)) if self.sparse_prefill else None
-        logits = lm.forward(torch.tensor([self.prompt], device=device), 0, cache, keep=1, prefill=sparse)  # (1, 1, V)
+        first = lm.greedy(torch.tensor([self.prompt], device=device), 0, cache, keep=1, prefill=sparse)[0]
         if sparse is not None:
             self.prefill_density = sparse.density
-        first = greedy_targets(logits[0])[0]
         self.prefill_s = time.perf_counter() - t0
         pos = len(self.prompt)  # entries in the cache; the last committed token is not among them yet
         taken = self.stop.accept(self.out, [first])
@@ -272,8 +270,7 @@ class Decoder:
             if window is not None:  # logits of the tree's nodes and of the window's last row only
                 rows = [*range(len(tree)), *(len(tree) + i for i in window.last_row())]
                 keep = torch.tensor(rows, device=device)
-            logits = lm.forward(ids, pos, cache, keep=keep, depth=depth, block=block)  # (1, kept rows, V)
-            targets = greedy_targets(logits[0])
+            targets = lm.greedy(ids, pos, cache, keep=keep, depth=depth, block=block)  # one per kept row
             path, bonus = tree.accept(targets[: len(tree)])
             cache.keep_path(pos, [0, *path])
             pos += 1 + len(path)

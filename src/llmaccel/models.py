@@ -186,6 +186,29 @@ class LoadedModel:
         (1, keep, V), or of the positions listed in `keep` when it is a 1-D index tensor. `prefill`
         (from `sparse_prefill`) computes the attention of a fresh prompt sparsely.
         """
+        return self._run(ids, start, cache, keep, depth, block, prefill, argmax=False)
+
+    @torch.inference_mode()
+    def greedy(
+        self,
+        ids: torch.Tensor,
+        start: int,
+        cache,
+        keep: int | torch.Tensor,
+        *,
+        depth: torch.Tensor | None = None,
+        block: torch.Tensor | None = None,
+        prefill: SparsePrefill | None = None,
+    ) -> list[int]:
+        """As `forward`, but returns the greedy choice at each kept position: the argmax of its logits,
+        ties to the lowest id (torch.argmax's rule). What a greedy step needs; the lean forward gets it
+        without computing every logit exactly (lean.greedy_head)."""
+        if self.stack is not None and self.graphs is None:
+            return self._run(ids, start, cache, keep, depth, block, prefill, argmax=True).tolist()
+        return skinny.argmax(self._run(ids, start, cache, keep, depth, block, prefill, argmax=False)[0]).tolist()
+
+    def _run(self, ids, start, cache, keep, depth, block, prefill, argmax: bool) -> torch.Tensor:
+        """forward's work; with argmax=True (lean forward only) the kept rows' token ids (keep,)."""
         if prefill is not None and (start != 0 or block is not None or depth is not None):
             raise ValueError("sparse prefill is for a fresh prompt (start 0, causal) only")
         T = ids.shape[1]
@@ -196,7 +219,8 @@ class LoadedModel:
         pos = slots if depth is None else depth.to(ids.device) + start  # (T,) positions
         if self.stack is not None:
             rows = slice(T - keep, T) if isinstance(keep, int) else keep
-            return lean.forward(self.stack, ids[0], pos, start, cache, rows, block, prefill)[None]
+            out = lean.forward(self.stack, ids[0], pos, start, cache, rows, block, prefill, argmax=argmax)
+            return out if argmax else out[None]
         masks = None if block is None else self._step_masks(start, pos, block)
         extra = {}
         if prefill is not None:
@@ -343,6 +367,9 @@ def _lean_stack(model) -> lean.Stack | None:
         scaling=float(a0.scaling),
         rotary=rotary,
         native=use_skinny and a0.head_dim % 2 == 0,
+        # greedy steps take the argmax through an int8 copy of the head (28 MB for SmolLM2) and exact
+        # float64 logits for the few tokens its error bound leaves open
+        argmax_head=skinny.pack_argmax_head(head.weight) if use_skinny and head.bias is None else None,
     )
 
 

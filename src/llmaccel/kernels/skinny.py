@@ -28,13 +28,13 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["argmax", "available", "block_codes", "has_amx", "linear", "llama_layer", "pack", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
+__all__ = ["argmax", "argmax_head", "available", "block_codes", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 
 _SRC = Path(__file__).with_name("skinny_gemm.cpp")
 # one extension: the layer calls the GEMM; sparse prefill attention rides along (one build, one cache entry)
-_SOURCES = [_SRC, *(Path(__file__).with_name(f) for f in ("decoder_layer.cpp", "sparse_attention.cpp", "argmax.cpp"))]
+_SOURCES = [_SRC, *(Path(__file__).with_name(f) for f in ("decoder_layer.cpp", "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp"))]
 _HEADERS = [Path(__file__).with_name(f) for f in ("vec.h", "tiles.h")]  # included by the sources; part of the build's hash
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # -march=native brings AMX where the CPU has it  # no -ffast-math: IEEE fp32
 _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
@@ -235,6 +235,55 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.numel() > 0 and available():
         return _ext.argmax_rows(logits)
     return logits.argmax(-1)
+
+
+ARGMAX_TILE_N, ARGMAX_TILE_K = 16, 64  # argmax_head.cpp's int8 tiles: vocabulary entries x k
+
+
+def pack_argmax_head(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(V, K) LM head weight -> (tiles, cols) for `argmax_head`, or None where it cannot be used (no AMX
+    int8 here, or a non-finite weight).
+
+    tiles: int8 [G, K'/64, 1024], the weight rounded to int8 with one scale per row, in the B-tile order
+    of the int8 tile products (per 16 entries and 64 k: [k/4][entry][4]); V padded to whole pairs of 16
+    entries, K to a multiple of 64, with zeros. cols: fp32 (3, G*16): per entry its scale s, |w| and
+    |w - s q| (2-norms, rounded up), the factors of argmax_head's error bound. ~V*K bytes: 28 MB for
+    SmolLM2's head, against 35 MB of its Q8_0 codes that the exact head streams.
+    """
+    if weight.dim() != 2 or not has_argmax_head():
+        return None
+    with torch.no_grad():
+        w = weight.detach().to(device="cpu", dtype=torch.float32)
+        if not torch.isfinite(w).all():
+            return None
+        v, k = w.shape
+        vp = -(-v // (2 * ARGMAX_TILE_N)) * 2 * ARGMAX_TILE_N
+        kp = -(-k // ARGMAX_TILE_K) * ARGMAX_TILE_K
+        amax = w.abs().amax(1)  # (V,)
+        s = torch.where(amax > 0, amax / 127, torch.ones_like(amax))  # (V,)
+        q = torch.round(w / s[:, None]).clamp_(-127, 127)  # (V, K)
+        up = 1 + 1e-6  # norms rounded up (float64 -> fp32 may round down by 2^-24 relative)
+        wn = (w.double().norm(dim=1) * up).float()
+        dwn = ((w.double() - q.double() * s.double()[:, None]).norm(dim=1) * up).float()
+        qp = torch.zeros(vp, kp, dtype=torch.int8)
+        qp[:v, :k] = q.to(torch.int8)
+        g, c = vp // ARGMAX_TILE_N, kp // ARGMAX_TILE_K
+        tiles = qp.view(g, ARGMAX_TILE_N, c, ARGMAX_TILE_K // 4, 4).permute(0, 2, 3, 1, 4).contiguous()
+        cols = torch.zeros(3, vp)
+        cols[0, :v], cols[1, :v], cols[2, :v] = s, wn, dwn
+        return tiles.view(g, c, ARGMAX_TILE_N * ARGMAX_TILE_K), cols
+
+
+def argmax_head(x: torch.Tensor, packed: tuple[torch.Tensor, torch.Tensor], weight: torch.Tensor) -> torch.Tensor:
+    """x (M, K) -> int64 (M,): argmax of x @ weight^T per row, ties to the lowest id, with `packed =
+    pack_argmax_head(weight)`; -1 for rows it leaves undecided (non-finite x, or more candidates than it
+    checks), whose logits the caller computes in full. See argmax_head.cpp for the bound."""
+    return (_ext or _load()).argmax_head(x, packed[0], packed[1], weight)
+
+
+def has_argmax_head() -> bool:
+    """Whether `argmax_head` decides rows on this CPU (AMX int8 tiles in this build)."""
+    return available() and _ext.has_argmax_head()
 
 
 def has_amx() -> bool:

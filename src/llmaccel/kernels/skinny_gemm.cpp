@@ -688,6 +688,11 @@ bool sparse_hand_tiles(bool on);
 // argmax.cpp
 torch::Tensor argmax_rows(const torch::Tensor& logits);
 
+// argmax_head.cpp
+torch::Tensor argmax_head(const torch::Tensor& x, const torch::Tensor& tiles, const torch::Tensor& cols,
+                          const torch::Tensor& w);
+bool has_argmax_head();
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny_linear, "y = x @ W^T + b with W packed in panels (see skinny.py)");
   m.def("llama_layer", &llama_layer, "one Llama-family decoder layer for a decoding step, in place (see lean.py)");
@@ -695,6 +700,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_attention", &sparse_attention, "causal attention over selected keys per query block (see sparse/kernels.py)");
   m.def("sparse_hand_tiles", &sparse_hand_tiles, "sparse attention's products: register tiles (on) or gather + at::mm_out; returns which");
   m.def("argmax_rows", &argmax_rows, "argmax over the last dim of fp32 CPU logits, first index on ties, NaN first (as torch.argmax)");
+  m.def("argmax_head", &argmax_head, "argmax of x @ w^T per row through an int8 copy of w and a bound; -1 where undecided");
+  m.def("has_argmax_head", &has_argmax_head, "whether argmax_head decides rows on this CPU (AMX int8)");
   m.def("panel_width", &panel_width, "NB: output features per packed panel");
   m.def("silu_mul", &silu_mul, "silu(gate) * up for gu (T, 2 I) = [gate | up], as the C++ layer computes it");
   m.def("has_amx", &has_amx, "whether this build and CPU have the AMX path for code-block weights");
