@@ -11,7 +11,7 @@ import sys
 s = open(sys.argv[1]).read()
 open(sys.argv[2], "w").write(s[s.index("constexpr int64_t AMX_ROWS"):s.index("// Panels [p0, p1), each block")])
 PY
-for f in amx_block tile_patterns store_then_tile_load tile_vector_overlap q8_decode; do
+for f in amx_block amx_scaling tile_patterns store_then_tile_load tile_vector_overlap q8_decode; do
   g++ -O3 -march=native -ffp-contract=fast -I"$out" -o "$out/$f" "$here/$f.cpp"
 done
 # tile_attention with a timestamp at each phase boundary
@@ -45,6 +45,8 @@ echo "== amx_block, K = 576 (18 blocks), 64 panels"
 for parts in 1 2 4 3 5 6 7; do echo "parts $parts:"; ./amx_block x 18 64 $parts 2 | tail -2; done
 echo "== amx_block, K = 1536 (48 blocks), 12 panels"; ./amx_block x 48 12 7 2 | tail -2
 echo "== amx_block, K = 576, the four loops (parts 2 = tiles only, 5 = vector work only)"; for parts in 2 5; do ./amx_block x 18 64 $parts 2 | tail -5; done
+echo "== amx_scaling (session 18): the m term as tile products, column groups outermost"
+./amx_scaling 18 64 16; NOM=1 ./amx_scaling 18 64 16 | tail -3; ./amx_scaling 48 12 16
 echo "== tile_port_overlap (ns per round): batched vs interleaved vector work"
 for v in FMA PERM SHIFT LOGIC; do ./tile_port_overlap_$v 2 1; for nf in 1 2 4; do ./tile_port_overlap_$v 3 $nf; ./tile_port_overlap_$v 0 $nf; ./tile_port_overlap_$v 1 $nf; done; done
 echo "== attention_phases (us)"; OMP_NUM_THREADS=2 ./attention_phases 300 16; OMP_NUM_THREADS=1 ./attention_phases 300 16
