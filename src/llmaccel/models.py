@@ -7,8 +7,10 @@ kept positions, `new_cache()` returns an empty KV cache, and the tokenizer and s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import inspect
 import logging
 import shutil
 import tempfile
@@ -232,7 +234,7 @@ class LoadedModel:
             input_ids=ids,
             position_ids=pos[None],
             cache_position=slots,
-            past_key_values=cache,
+            **{_cache_kwarg(self.model): cache},
             use_cache=True,
             logits_to_keep=keep,
             attention_mask=masks,
@@ -244,8 +246,8 @@ class LoadedModel:
         """graphs.StepFn: one step on the static cache, every row's logits. `mask` (1, 1, T, S) bool,
         or None for transformers' own causal mask."""
         return self.model(
-            input_ids=ids, position_ids=positions, past_key_values=cache, use_cache=True, attention_mask=mask,
-            logits_to_keep=0,
+            input_ids=ids, position_ids=positions, **{_cache_kwarg(self.model): cache}, use_cache=True,
+            attention_mask=mask, logits_to_keep=0,
         ).logits
 
     def sparse_prefill(self, prompt_tokens: int) -> SparsePrefill | None:
@@ -287,6 +289,18 @@ class LoadedModel:
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+
+@functools.cache
+def _forward_takes_cache(forward_type: type) -> bool:
+    return "cache" in inspect.signature(forward_type.forward).parameters
+
+
+def _cache_kwarg(model) -> str:
+    """The name the model's forward takes its KV cache by: transformers 5.24 renamed `past_key_values`
+    to `cache` (the old name still works there, with a FutureWarning; the pin stops before 5.40, which
+    drops it)."""
+    return "cache" if _forward_takes_cache(type(model)) else "past_key_values"
 
 
 def _eos_ids(model, tokenizer) -> tuple[int, ...]:
