@@ -102,7 +102,7 @@ RowParts split_row(const float* x, int64_t K, int64_t Kp, int8_t* q1, int8_t* q2
   }
   const float a = _mm512_reduce_max_ps(amax);
   p.s1 = a > 0 ? a / 127 : 1.0f;
-  // residuals r = x - s1 q1 in float64, kept for the second part (K <= Kp doubles on the stack's heap)
+  // residuals r = x - s1 q1 in float64, kept for the second part (a thread-local buffer of Kp doubles)
   thread_local std::vector<double> rbuf;
   if (rbuf.size() < static_cast<size_t>(Kp)) rbuf.resize(Kp);
   double* r = rbuf.data();
@@ -163,11 +163,13 @@ double dot64(const double* x, const float* w, int64_t K) {
   return s;
 }
 
-// One thread's share of the vocabulary, in pairs of 16-entry tiles.
-struct Flagged {  // a tile with lanes that may hold a row's argmax: their approx + bound (others -inf)
+// A tile of one row whose lanes may hold the row's argmax: every lane's approx + bound (-inf past V).
+struct Flagged {
   int64_t row, n0;
   alignas(64) float up[TILE_N];
 };
+
+// One thread's share of the vocabulary, in pairs of 16-entry tiles, and what it found there.
 struct Share {
   int64_t g0 = 0, g1 = 0;
   std::vector<Flagged> flagged;
