@@ -115,12 +115,27 @@ void small_attention(const float* q, int64_t ldq, const float* kb, const float* 
       const float* kg = kb + (g * cap + s0) * D;
       const float* vg = vb + (g * cap + s0) * D;
       float* res = part.data() + it * R * (D + 2);
-      for (int64_t s = 0; s < n; ++s)
+      // While the keys are scored, each key's value row and the next item's key row are fetched into L2
+      // (one prefetch a 64-byte line): the cache comes from memory every step (the weights streamed in
+      // between evict it), and the hardware prefetcher does not cross from the keys to the values or to
+      // the next item. Whole 1-token steps of SmolLM2, alternating with and without: 0.967x at 300
+      // cached tokens, 0.918x at 1000.
+      const float* kn = nullptr;  // the next item's keys, if this thread has one
+      int64_t nn = 0;
+      if (it + 1 < i1) {
+        const int64_t g2 = (it + 1) / nchunks, s2 = ((it + 1) % nchunks) * chunk;
+        kn = kb + (g2 * cap + s2) * D, nn = std::min(chunk, S - s2);
+      }
+      for (int64_t s = 0; s < n; ++s) {
+        for (int64_t o = 0; o < D; o += 16) __builtin_prefetch(vg + s * D + o, 0, 2);
+        if (s < nn)
+          for (int64_t o = 0; o < D; o += 16) __builtin_prefetch(kn + s * D + o, 0, 2);
         for (int64_t r = 0; r < R; ++r) {
           const int64_t j = g * rep + r / T, t = r % T;
           const bool seen = !mask || mask[t * S + s0 + s];
           sc[r * chunk + s] = seen ? dot(q + t * ldq + j * D, kg + s * D, D) * scale : NEG;
         }
+      }
       for (int64_t r = 0; r < R; ++r) {
         float* row = sc.data() + r * chunk;
         float m = NEG;
@@ -263,6 +278,16 @@ void tile_attention(const float* q, int64_t ldq, const float* kb, const float* v
     for (int64_t it = items * t_id / n_th; it < items * (t_id + 1) / n_th; ++it) {
       const int64_t g = it / nchunks, s0 = (it % nchunks) * CHUNK, n = std::min(CHUNK, S - s0);
       for (int64_t j = 0; j < n; ++j) rowp[j] = kb + (g * cap + s0 + j) * D;
+      {  // this chunk's values and the next item's keys into L2 (see small_attention): 16-token steps
+         // 0.982x at 300 cached tokens, 0.978x at 1000 (alternating with and without)
+        const char* vc = reinterpret_cast<const char*>(vb + (g * cap + s0) * D);
+        for (int64_t o = 0; o < n * D * static_cast<int64_t>(sizeof(float)); o += 64) __builtin_prefetch(vc + o, 0, 2);
+        if (it + 1 < items * (t_id + 1) / n_th) {
+          const int64_t g2 = (it + 1) / nchunks, s2 = ((it + 1) % nchunks) * CHUNK, n2 = std::min(CHUNK, S - s2);
+          const char* kc = reinterpret_cast<const char*>(kb + (g2 * cap + s2) * D);
+          for (int64_t o = 0; o < n2 * D * static_cast<int64_t>(sizeof(float)); o += 64) __builtin_prefetch(kc + o, 0, 2);
+        }
+      }
       const float* qg = qt + g * D * RP;
       int64_t r0 = 0;
       for (; r0 + RT * AVL <= RP; r0 += RT * AVL) scores_rows<RT>(qg + r0, RP, D, rowp.data(), n, st.data() + r0);
