@@ -9,10 +9,10 @@ mkdir -p "$out"
 python3 - "$here/../../src/llmaccel/kernels/skinny_gemm.cpp" "$out/helpers.inc" <<'PY'
 import sys
 s = open(sys.argv[1]).read()
-open(sys.argv[2], "w").write(s[s.index("constexpr int64_t AMX_ROWS"):s.index("// Panels [p0, p1), each block")])
+open(sys.argv[2], "w").write('#include "amx.h"\n' + s[s.index("constexpr int64_t AMX_ROWS"):s.index("// Panels [p0, p1), each block")])
 PY
 for f in amx_block amx_scaling tile_patterns store_then_tile_load tile_vector_overlap q8_decode; do
-  g++ -O3 -march=native -ffp-contract=fast -I"$out" -o "$out/$f" "$here/$f.cpp"
+  g++ -O3 -march=native -ffp-contract=fast -I"$out" -I"$here/../../src/llmaccel/kernels" -o "$out/$f" "$here/$f.cpp"
 done
 # tile_attention with a timestamp at each phase boundary
 python3 - "$here/../../src/llmaccel/kernels/decoder_layer.cpp" "$out/tile_attention_phases.inc" <<'PY2'

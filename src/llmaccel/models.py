@@ -30,6 +30,7 @@ from llmaccel.linear import pack_linears
 from llmaccel.memory import keep_freed_memory
 from llmaccel.sparse.config import SparseConfig, shipped, uniform
 from llmaccel.sparse.prefill import SparsePrefill
+from llmaccel.verify import greedy_targets
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +208,7 @@ class LoadedModel:
         without computing every logit exactly (lean.greedy_head)."""
         if self.stack is not None and self.graphs is None:
             return self._run(ids, start, cache, keep, depth, block, prefill, argmax=True).tolist()
-        return skinny.argmax(self._run(ids, start, cache, keep, depth, block, prefill, argmax=False)[0]).tolist()
+        return greedy_targets(self._run(ids, start, cache, keep, depth, block, prefill, argmax=False)[0])
 
     def _run(self, ids, start, cache, keep, depth, block, prefill, argmax: bool) -> torch.Tensor:
         """forward's work; with argmax=True (lean forward only) the kept rows' token ids (keep,)."""

@@ -35,8 +35,6 @@
 #include <immintrin.h>
 #endif
 #include <omp.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -46,32 +44,23 @@
 #include <utility>
 #include <vector>
 
+#include "amx.h"
+
 namespace {
 
 constexpr int64_t TILE_N = 16;   // vocabulary entries per int8 tile (columns of C)
 constexpr int64_t TILE_K = 64;   // k per int8 tile product (16 rows of 4 bytes in B)
 constexpr int64_t TILE_M = 16;   // rows of x per tile product
-constexpr int64_t MAX_CANDIDATES = 4096;
-constexpr int64_t REDUCE_EVERY = 4;  // tile pairs between reductions of a row's running lower bound  // per row; more: the row's logits are computed in full
+constexpr int64_t MAX_CANDIDATES = 4096;  // per row; more: the row's logits are computed in full
+constexpr int64_t REDUCE_EVERY = 4;  // tile pairs between reductions of a row's running lower bound
 // fp32 rounding in approx and in the bound (a few roundings of terms <= |x^| |w^_n|), with room to spare
 constexpr double ROUNDING_MARGIN = 64.0 / (1 << 24);
 
 #if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__AVX512F__)
 #define LLMACCEL_AMX_INT8 1
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
-bool amx_int8_permitted() {
-  static const bool ok = [] {
-    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-  }();
-  return ok;
-}
+using llmaccel_amx::TileConfig;
+using llmaccel_amx::tiles_permitted;
 
 // Per row: its two int8 parts (xq[part][r][Kp], zero past K) and its factors for the epilogue.
 struct RowParts {
@@ -194,7 +183,7 @@ void scan_tiles(const int8_t* xq, int64_t Mp, int64_t M, int64_t Kp, const RowPa
   TileConfig cfg;
   for (int t : {0, 1, 2, 3, 4, 5}) cfg.rows[t] = static_cast<uint8_t>(rows), cfg.colsb[t] = 64;  // C, A
   for (int t : {6, 7}) cfg.rows[t] = 16, cfg.colsb[t] = 64;                                     // B
-  asm volatile("ldtilecfg %0" ::"m"(cfg));  // (not _tile_loadconfig: see skinny_gemm.cpp)
+  llmaccel_amx::load_tile_config(cfg);
   const int8_t* a1 = xq + r0 * Kp;
   const int8_t* a2 = xq + (Mp + r0) * Kp;
   const int64_t live = std::min(rows, M - r0);
@@ -307,7 +296,7 @@ torch::Tensor argmax_head(const torch::Tensor& x_in, const torch::Tensor& tiles,
   const int64_t M = x_in.size(0), K = x_in.size(1), V = w.size(0);
   auto out = torch::full({M}, -1, torch::kLong);
 #ifdef LLMACCEL_AMX_INT8
-  if (M == 0 || !amx_int8_permitted()) return out;
+  if (M == 0 || !tiles_permitted()) return out;
   const torch::Tensor x = x_in.to(torch::kFloat).contiguous();
   const float* xp = x.data_ptr<float>();
   const int64_t Kp = tiles.size(1) * TILE_K, Gp = tiles.size(0);
@@ -365,7 +354,7 @@ torch::Tensor argmax_head(const torch::Tensor& x_in, const torch::Tensor& tiles,
 // Whether argmax_head can decide rows here (AMX int8 in this build and CPU); otherwise it returns -1s.
 bool has_argmax_head() {
 #ifdef LLMACCEL_AMX_INT8
-  return amx_int8_permitted();
+  return tiles_permitted();
 #else
   return false;
 #endif

@@ -275,14 +275,15 @@ void tile_attention(const float* q, int64_t ldq, const float* kb, const float* v
     // phase 2: items
     std::vector<float> st(CHUNK * RP);
     std::vector<const float*> rowp(CHUNK);
-    for (int64_t it = items * t_id / n_th; it < items * (t_id + 1) / n_th; ++it) {
+    const int64_t it_end = items * (t_id + 1) / n_th;
+    for (int64_t it = items * t_id / n_th; it < it_end; ++it) {
       const int64_t g = it / nchunks, s0 = (it % nchunks) * CHUNK, n = std::min(CHUNK, S - s0);
       for (int64_t j = 0; j < n; ++j) rowp[j] = kb + (g * cap + s0 + j) * D;
       {  // this chunk's values and the next item's keys into L2 (see small_attention): 16-token steps
          // 0.982x at 300 cached tokens, 0.978x at 1000 (alternating with and without)
         const char* vc = reinterpret_cast<const char*>(vb + (g * cap + s0) * D);
         for (int64_t o = 0; o < n * D * static_cast<int64_t>(sizeof(float)); o += 64) __builtin_prefetch(vc + o, 0, 2);
-        if (it + 1 < items * (t_id + 1) / n_th) {
+        if (it + 1 < it_end) {
           const int64_t g2 = (it + 1) / nchunks, s2 = ((it + 1) % nchunks) * CHUNK, n2 = std::min(CHUNK, S - s2);
           const char* kc = reinterpret_cast<const char*>(kb + (g2 * cap + s2) * D);
           for (int64_t o = 0; o < n2 * D * static_cast<int64_t>(sizeof(float)); o += 64) __builtin_prefetch(kc + o, 0, 2);

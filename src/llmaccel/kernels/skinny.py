@@ -35,7 +35,7 @@ CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the k
 _SRC = Path(__file__).with_name("skinny_gemm.cpp")
 # one extension: the layer calls the GEMM; sparse prefill attention rides along (one build, one cache entry)
 _SOURCES = [_SRC, *(Path(__file__).with_name(f) for f in ("decoder_layer.cpp", "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp"))]
-_HEADERS = [Path(__file__).with_name(f) for f in ("vec.h", "tiles.h")]  # included by the sources; part of the build's hash
+_HEADERS = [Path(__file__).with_name(f) for f in ("vec.h", "tiles.h", "amx.h")]  # included by the sources; part of the build's hash
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # -march=native brings AMX where the CPU has it  # no -ffast-math: IEEE fp32
 _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
 
@@ -263,8 +263,9 @@ def pack_argmax_head(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] 
         s = torch.where(amax > 0, amax / 127, torch.ones_like(amax))  # (V,)
         q = torch.round(w / s[:, None]).clamp_(-127, 127)  # (V, K)
         up = 1 + 1e-6  # norms rounded up (float64 -> fp32 may round down by 2^-24 relative)
-        wn = (w.double().norm(dim=1) * up).float()
-        dwn = ((w.double() - q.double() * s.double()[:, None]).norm(dim=1) * up).float()
+        wd = w.double()
+        wn = (wd.norm(dim=1) * up).float()
+        dwn = ((wd - q.double() * s.double()[:, None]).norm(dim=1) * up).float()
         qp = torch.zeros(vp, kp, dtype=torch.int8)
         qp[:v, :k] = q.to(torch.int8)
         g, c = vp // ARGMAX_TILE_N, kp // ARGMAX_TILE_K

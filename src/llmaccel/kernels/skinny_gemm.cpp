@@ -62,8 +62,6 @@
 #include <immintrin.h>
 #endif
 #include <omp.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -72,6 +70,8 @@
 #include <string>
 #include <utility>
 #include <vector>
+
+#include "amx.h"
 
 namespace {
 
@@ -328,11 +328,7 @@ constexpr int64_t AMX_MIN_ROWS = 1;
 // k=2 8.87 / 8.79, k=3 9.21 / 9.28, k=4 equal.
 constexpr int64_t AMX_MIN_ROWS_Q8 = 3;
 
-struct alignas(64) TileConfig {
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
+using llmaccel_amx::TileConfig;
 
 // Splits x (M, K) into the bf16 parts of each block, parts[part][b][r][32] (bf16 bit patterns), and
 // sums each block of each row, xsum[r][b].
@@ -505,9 +501,7 @@ static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, 
         TileConfig cfg;
         for (int t : {0, 1, 2, 3, 7}) cfg.rows[t] = rows, cfg.colsb[t] = 64;  // C: rows x 16 fp32; A: rows x 32 bf16
         for (int t : {4, 5, 6}) cfg.rows[t] = 16, cfg.colsb[t] = 64;         // B: 16 k pairs x 16 columns x 2
-        // not _tile_loadconfig: GCC declares its operand as 8 bytes, so stores to the rest of cfg may be
-        // dropped as dead (seen: garbage configs, a crash)
-        asm volatile("ldtilecfg %0" ::"m"(cfg));
+        llmaccel_amx::load_tile_config(cfg);
         configured = rows;
       }
       for (int g = 0; g < 3; ++g) {
@@ -544,14 +538,7 @@ static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, 
   _tile_release();
 }
 
-// AMX needs the kernel's permission for its tile state, asked once per process.
-static bool amx_permitted() {
-  static const bool ok = [] {
-    constexpr long ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-  }();
-  return ok;
-}
+using llmaccel_amx::tiles_permitted;
 #endif
 
 static bool amx_enabled = true;  // skinny.use_amx() turns it off, to compare or to test the other path
@@ -614,7 +601,7 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
   // Contiguous panel ranges per thread (one sequential stream each, for the prefetchers). Grain 1:
   // even a few panels are worth splitting, the work is bandwidth bound.
 #ifdef LLMACCEL_AMX
-  if (W.q && M >= (W.bits == 8 ? AMX_MIN_ROWS_Q8 : AMX_MIN_ROWS) && amx_enabled && amx_permitted()) {
+  if (W.q && M >= (W.bits == 8 ? AMX_MIN_ROWS_Q8 : AMX_MIN_ROWS) && amx_enabled && tiles_permitted()) {
     // One parallel region; each thread splits every row of x into its own buffers (kept allocated,
     // every element written), then runs its panels. Measured against the alternatives: splitting on the
     // calling thread before the region left the other thread idle (~8% of a 16-token step, perf);
@@ -644,7 +631,7 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
 bool use_amx(bool on) {
 #ifdef LLMACCEL_AMX
   amx_enabled = on;
-  return on && amx_permitted();
+  return on && tiles_permitted();
 #else
   (void)on;
   (void)amx_enabled;
@@ -655,7 +642,7 @@ bool use_amx(bool on) {
 // Whether code-block weights can take the AMX path on this CPU (pack() then adds its layout).
 bool has_amx() {
 #ifdef LLMACCEL_AMX
-  return amx_permitted();
+  return tiles_permitted();
 #else
   return false;
 #endif
