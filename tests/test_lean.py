@@ -192,3 +192,74 @@ def _native_vs_python(arch: str) -> None:
         pos += 1 + rng.randint(0, k - 1) if not tree else 1
         for c in caches:
             c.rollback_to(pos)
+
+
+def _coded_llama(arch: str, intermediate: int, seed: int = 5):
+    """SmolLM2's shapes in small (head dim 64, 3 query heads per KV head), weights quantised as GGUF holds
+    them, so every linear takes the AMX path for code blocks and the layer can run fused."""
+    import transformers as tf
+
+    from conftest import quantize_like_gguf
+
+    torch.manual_seed(seed)
+    common = dict(vocab_size=96, hidden_size=384, intermediate_size=intermediate, num_hidden_layers=2,
+                  num_attention_heads=6, num_key_value_heads=2, head_dim=64, max_position_embeddings=2048,
+                  initializer_range=0.3, eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    cfg = tf.Qwen2Config(**common) if arch == "qwen2" else tf.LlamaConfig(**common)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32).eval()
+    quantize_like_gguf(model)
+    if arch == "qwen2":  # q/k/v biases of a real scale (the config's init makes them zero)
+        with torch.no_grad():
+            for layer in model.model.layers:
+                for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                    proj.bias.normal_(0, 0.5)
+    return llmaccel.wrap(model, IdTokenizer(), lean_forward=True)
+
+
+# intermediate 192: gate and up panels in pairs (192 = 4 panels of 48); 128: not a whole number of panels
+@pytest.mark.parametrize("arch,intermediate", [("llama", 192), ("llama", 128), ("qwen2", 192)])
+def test_fused_layer_equals_op_by_op_bitwise(arch, intermediate):
+    """The C++ layer in one parallel region (kernels/decoder_layer.cpp, fused_layer) computes what the
+    op-by-op layer computes, bit for bit: logits and every cached key and value, for 1-token steps (small
+    attention, past one key chunk of 256) and multi-token chains and trees (tile attention), with
+    rollbacks in between."""
+    from llmaccel.kernels import skinny
+
+    if not skinny.available() or not skinny.has_amx():
+        pytest.skip("the fused layer needs the AMX path for code blocks")
+    lm = _coded_llama(arch, intermediate)
+    assert lm.stack.native and all(l.qkv.packed.dtype == torch.uint8 for l in lm.stack.layers)
+    rng = random.Random(11)
+    caches = [lm.new_cache(), lm.new_cache()]
+    prompt = torch.randint(0, lm.vocab_size, (1, 300))
+    for c in caches:
+        lm.forward(prompt, 0, c, keep=1)
+    pos = 300
+    runs = skinny.fused_layer_runs()
+    try:
+        for step in range(14):
+            k = rng.choice([1, 1, 2, 3, 5, 16, 25, 40])
+            ids = torch.randint(0, lm.vocab_size, (1, k))
+            depth = block = None
+            if step % 3 == 2 and k > 1:  # a tree: node i below a random earlier node
+                parent = [-1] + [rng.randrange(i) for i in range(1, k)]
+                d, vis = [0] * k, torch.zeros(k, k, dtype=torch.bool)
+                for i in range(k):
+                    d[i] = d[parent[i]] + 1 if i else 0
+                    j = i
+                    while j >= 0:
+                        vis[i, j], j = True, parent[j]
+                depth, block = torch.tensor(d), vis
+            outs = []
+            for fused, c in zip((True, False), caches):
+                skinny.fused_layer(fused)
+                outs.append(lm.forward(ids, pos, c, keep=k, depth=depth, block=block))
+            assert torch.equal(outs[0], outs[1]), (arch, step, k)
+            for a, b in zip(*(c.layers for c in caches)):
+                assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), (arch, step, k)
+            pos += 1 + rng.randint(0, k - 1) if block is None else 1
+            for c in caches:
+                c.rollback_to(pos)
+    finally:
+        skinny.fused_layer(True)
+    assert skinny.fused_layer_runs() - runs == 14 * 2  # every fused-on step, both layers, took the fused path

@@ -28,14 +28,14 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["argmax", "argmax_head", "available", "block_codes", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
+__all__ = ["argmax", "argmax_head", "available", "block_codes", "fused_layer", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 
 _SRC = Path(__file__).with_name("skinny_gemm.cpp")
 # one extension: the layer calls the GEMM; sparse prefill attention rides along (one build, one cache entry)
 _SOURCES = [_SRC, *(Path(__file__).with_name(f) for f in ("decoder_layer.cpp", "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp"))]
-_HEADERS = [Path(__file__).with_name(f) for f in ("vec.h", "tiles.h", "amx.h")]  # included by the sources; part of the build's hash
+_HEADERS = [Path(__file__).with_name(f) for f in ("vec.h", "tiles.h", "amx.h", "skinny_gemm.h")]  # included by the sources; part of the build's hash
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # -march=native brings AMX where the CPU has it  # no -ffast-math: IEEE fp32
 _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
 
@@ -308,6 +308,18 @@ def step_attention_tiles(on: bool = True) -> bool:
     """The C++ layer's attention for steps of several tokens through register tiles (default; head dims
     that are a multiple of the vector width) or PyTorch's SDPA; returns the setting. Off to compare."""
     return (_ext or _load()).step_attention_tiles(on)
+
+
+def fused_layer(on: bool = True) -> bool:
+    """The C++ layer of decoding steps in one parallel region, every thread running every phase (default,
+    where its linears take the AMX path), or op by op with a region per linear; returns the setting.
+    Both compute the same numbers (tested bit for bit); off to compare them."""
+    return (_ext or _load()).fused_layer(on)
+
+
+def fused_layer_runs() -> int:
+    """How many layer calls in this process have taken the fused path (for the tests)."""
+    return (_ext or _load()).fused_layer_runs()
 
 
 def sparse_attention(*args) -> list[torch.Tensor]:

@@ -72,6 +72,7 @@
 #include <vector>
 
 #include "amx.h"
+#include "skinny_gemm.h"
 
 namespace {
 
@@ -484,8 +485,9 @@ static inline void scale_block(const float* dm, const float* cb, const float* xs
 
 // Panels [p0, p1), each block: decode, tile products, scale, in that order. (Decoding a block ahead
 // and scaling one behind measured no faster: tile and vector work do not overlap here, see above.)
+// add: y += the result (the decoder layer's residual, fused) instead of y = it.
 static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, int64_t K, const Packed& W,
-                           int64_t n, const float* bias, float* y, int64_t p0, int64_t p1) {
+                           int64_t n, const float* bias, float* y, int64_t p0, int64_t p1, bool add = false) {
   const int64_t nb = K / QB, bb = W.block_bytes, panel_bytes = nb * bb;
   alignas(64) uint16_t btile[3 * 16 * 32];
   alignas(64) float cbuf[3 * AMX_ROWS * 16];
@@ -530,8 +532,11 @@ static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, 
         const int64_t c0 = p * NB + g * 16;
         if (c0 >= n) break;
         const __mmask16 keep = static_cast<__mmask16>((1u << std::min<int64_t>(16, n - c0)) - 1);
-        for (int64_t r = 0; r < rows; ++r)
-          _mm512_mask_storeu_ps(y + (r0 + r) * n + c0, keep, _mm512_load_ps(acc + g * 256 + r * 16));
+        for (int64_t r = 0; r < rows; ++r) {
+          float* yr = y + (r0 + r) * n + c0;
+          const __m512 v = _mm512_load_ps(acc + g * 256 + r * 16);
+          _mm512_mask_storeu_ps(yr, keep, add ? _mm512_add_ps(_mm512_maskz_loadu_ps(keep, yr), v) : v);
+        }
       }
     }
   }
@@ -543,7 +548,71 @@ using llmaccel_amx::tiles_permitted;
 
 static bool amx_enabled = true;  // skinny.use_amx() turns it off, to compare or to test the other path
 
+#ifdef LLMACCEL_AMX
+// x (M, K) split into this thread's bf16 parts and block sums, in buffers kept per thread (every
+// element written each call); valid until the thread's next call.
+static llmaccel_gemm::AmxRows thread_split(const float* x, int64_t M, int64_t K) {
+  thread_local std::vector<uint16_t> parts_buf;
+  thread_local std::vector<float> xsum_buf;
+  if (parts_buf.size() < static_cast<size_t>(3 * M * K)) parts_buf.resize(3 * M * K);
+  if (xsum_buf.size() < static_cast<size_t>(M * (K / QB))) xsum_buf.resize(M * (K / QB));
+  split_bf16(x, M, K, parts_buf.data(), xsum_buf.data());  // xsum: X[r][b], the block sums of x
+  return {parts_buf.data(), xsum_buf.data(), M, K};
+}
+#endif
+
 }  // namespace
+
+// ---- the AMX path one thread at a time (skinny_gemm.h) ------------------------------------------
+
+bool llmaccel_gemm::amx_matrix(const torch::Tensor& packed, int64_t n, int64_t M, const float* bias, AmxMatrix* out) {
+#ifdef LLMACCEL_AMX
+  // the code-block layouts skinny_linear takes, [P, K/32, bytes] or [2, P, K/32, bytes], nothing else
+  if (packed.scalar_type() != torch::kByte || !packed.is_contiguous() || !packed.device().is_cpu()) return false;
+  const bool two = packed.dim() == 4 && packed.size(0) == 2;
+  if (packed.dim() != (two ? 4 : 3)) return false;
+  const int64_t d0 = two ? 1 : 0, bytes = packed.size(d0 + 2), panels = packed.size(d0);
+  if (bytes != Q4_BYTES && bytes != Q8_BYTES) return false;
+  if (n <= 0 || n > panels * NB || n <= (panels - 1) * NB) return false;
+  const int bits = bytes == Q4_BYTES ? 4 : 8;
+  // the same choice as skinny_linear's, so a layer computes the same numbers whichever way it runs
+  if (M < (bits == 8 ? AMX_MIN_ROWS_Q8 : AMX_MIN_ROWS) || !amx_enabled || !tiles_permitted()) return false;
+  out->q = packed.data_ptr<uint8_t>();
+  out->qa = two ? out->q + packed.stride(0) : nullptr;
+  out->bits = bits;
+  out->block_bytes = bytes;
+  out->K = packed.size(d0 + 1) * QB;
+  out->n = n;
+  out->panels = panels;
+  out->bias = bias;
+  return true;
+#else
+  (void)packed, (void)n, (void)M, (void)bias, (void)out;
+  return false;
+#endif
+}
+
+llmaccel_gemm::AmxRows llmaccel_gemm::amx_split(const float* x, int64_t M, int64_t K) {
+#ifdef LLMACCEL_AMX
+  return thread_split(x, M, K);
+#else
+  (void)x;
+  return {nullptr, nullptr, M, K};
+#endif
+}
+
+void llmaccel_gemm::amx_panels(const AmxMatrix& m, const AmxRows& x, float* y, int64_t p0, int64_t p1, bool add) {
+#ifdef LLMACCEL_AMX
+  Packed W;
+  W.q = m.q;
+  W.qa = m.qa;
+  W.bits = m.bits;
+  W.block_bytes = m.block_bytes;
+  if (p0 < p1) run_panels_amx(x.parts, x.xsum, x.M, m.K, W, m.n, m.bias, y, p0, p1, add);
+#else
+  (void)m, (void)x, (void)y, (void)p0, (void)p1, (void)add;
+#endif
+}
 
 // x (..., K) -> (..., n). Argument errors raise ValueError in Python (TORCH_CHECK_VALUE).
 // Also called by decoder_layer.cpp.
@@ -613,12 +682,8 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
 #pragma omp parallel num_threads(nt)
     {
       const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-      thread_local std::vector<uint16_t> parts_buf;
-      thread_local std::vector<float> xsum_buf;
-      if (parts_buf.size() < static_cast<size_t>(3 * M * K)) parts_buf.resize(3 * M * K);
-      if (xsum_buf.size() < static_cast<size_t>(M * (K / QB))) xsum_buf.resize(M * (K / QB));
-      split_bf16(xp, M, K, parts_buf.data(), xsum_buf.data());  // xsum: X[r][b], the block sums of x
-      run_panels_amx(parts_buf.data(), xsum_buf.data(), M, K, W, n, bptr, yp, npanels * t / T, npanels * (t + 1) / T);
+      const llmaccel_gemm::AmxRows rows = thread_split(xp, M, K);
+      run_panels_amx(rows.parts, rows.xsum, M, K, W, n, bptr, yp, npanels * t / T, npanels * (t + 1) / T);
     }
     return y;
   }
@@ -661,6 +726,8 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
                  int64_t start, const c10::optional<torch::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
                  double scaling, int64_t small_attention_max_t);
 bool step_attention_tiles(bool on);
+bool fused_layer_switch(bool on);
+int64_t fused_layer_runs();
 torch::Tensor silu_mul(const torch::Tensor& gu);
 
 // sparse_attention.cpp
@@ -683,6 +750,8 @@ bool has_argmax_head();
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("linear", &skinny_linear, "y = x @ W^T + b with W packed in panels (see skinny.py)");
   m.def("llama_layer", &llama_layer, "one Llama-family decoder layer for a decoding step, in place (see lean.py)");
+  m.def("fused_layer_runs", &fused_layer_runs, "how many layer calls took the fused path");
+  m.def("fused_layer", &fused_layer_switch, "decoding steps' layers in one parallel region (on) or op by op; returns which");
   m.def("step_attention_tiles", &step_attention_tiles, "multi-token steps' attention: register tiles (on) or SDPA; returns which");
   m.def("sparse_attention", &sparse_attention, "causal attention over selected keys per query block (see sparse/kernels.py)");
   m.def("sparse_hand_tiles", &sparse_hand_tiles, "sparse attention's products: register tiles (on) or gather + at::mm_out; returns which");
