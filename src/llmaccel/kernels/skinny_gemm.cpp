@@ -340,8 +340,10 @@ static void split_bf16(const float* x, int64_t M, int64_t K, uint16_t* parts, fl
   alignas(64) static const uint16_t odd_words[32] = {1,  3,  5,  7,  9,  11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31,
                                                      33, 35, 37, 39, 41, 43, 45, 47, 49, 51, 53, 55, 57, 59, 61, 63};
   const __m512i high_words = _mm512_load_si512(odd_words);
-  for (int64_t r = 0; r < M; ++r)
-    for (int64_t b = 0; b < nb; ++b) {
+  // blocks outer, rows inner: the stores of one part run contiguously ([b][r] order). Rows outer (each
+  // row's blocks 64 * M bytes apart) took 3.5 us for 16 x 576 against 1.4 us (hot, one core).
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t r = 0; r < M; ++r) {
       __m512 v0 = _mm512_loadu_ps(x + r * K + b * QB), v1 = _mm512_loadu_ps(x + r * K + b * QB + 16);
       xsum[r * nb + b] = _mm512_reduce_add_ps(_mm512_add_ps(v0, v1));
       for (int part = 0; part < 3; ++part) {
