@@ -485,13 +485,13 @@ struct FusedMats {
 // not already inside a parallel region); if so fills m.
 bool fused_ready(const torch::Tensor& qkv_packed, int64_t qkv_n, const float* qkv_bias, const torch::Tensor& o_packed,
                  int64_t H, const torch::Tensor& gu_packed, int64_t gu_n, const torch::Tensor& down_packed, int64_t T,
-                 int64_t D, int64_t small_attention_max_t, FusedMats* m) {
+                 int64_t hq, int64_t D, int64_t small_attention_max_t, FusedMats* m) {
   using llmaccel_gemm::amx_matrix;
   if (!fused_on || at::in_parallel_region() || gu_n % 2) return false;
   if (T > small_attention_max_t && !(step_tiles && D % AVL == 0)) return false;  // SDPA: the unfused path
   return amx_matrix(qkv_packed, qkv_n, T, qkv_bias, &m->qkv) && amx_matrix(o_packed, H, T, nullptr, &m->o) &&
          amx_matrix(gu_packed, gu_n, T, nullptr, &m->gu) && amx_matrix(down_packed, H, T, nullptr, &m->down) &&
-         m->qkv.K == H && m->gu.K == H && m->down.K == gu_n / 2;
+         m->qkv.K == H && m->o.K == hq * D && m->gu.K == H && m->down.K == gu_n / 2;
 }
 
 void fused_layer(const FusedMats& m, float* hp, const float* ln1, const float* ln2, const float* cp, const float* sp,
@@ -518,8 +518,8 @@ void fused_layer(const FusedMats& m, float* hp, const float* ln1, const float* l
   float* part = part_buf.data();  // (thread_local: the pointer, not the name, goes into the region)
   // gate and up panels in pairs (panel j of gate with panel j of up on one thread), so each thread's
   // SiLU reads only what it has just written; otherwise SiLU waits for both and splits the columns
-  const int64_t NB = m.gu.panels > 0 ? (m.gu.n + m.gu.panels - 1) / m.gu.panels : 1;
-  const bool paired = I % NB == 0 && m.gu.panels * NB == 2 * I;
+  const int64_t NB = m.gu.panel_width;
+  const bool paired = I % NB == 0;
   const int nt = static_cast<int>(std::max<int64_t>(1, at::get_num_threads()));
 #pragma omp parallel num_threads(nt)
   {
@@ -653,7 +653,7 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
                            qkv_bias->scalar_type() == torch::kFloat && qkv_bias->device().is_cpu());
   FusedMats fm;
   if (plain_bias && fused_ready(qkv_packed, qkv_n, qkv_bias && qkv_bias->defined() ? qkv_bias->data_ptr<float>() : nullptr,
-                                o_packed, H, gu_packed, gu_n, down_packed, T, D, small_attention_max_t, &fm)) {
+                                o_packed, H, gu_packed, gu_n, down_packed, T, hq, D, small_attention_max_t, &fm)) {
     fused_runs.fetch_add(1, std::memory_order_relaxed);
     fused_layer(fm, hp, ln1.data_ptr<float>(), ln2.data_ptr<float>(), cp, sp, kp, vp, cap, start, mp, T, H, hq, hkv, D,
                 feps, static_cast<float>(scaling), small_attention_max_t);

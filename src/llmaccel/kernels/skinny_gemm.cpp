@@ -595,6 +595,7 @@ bool llmaccel_gemm::amx_matrix(const torch::Tensor& packed, int64_t n, int64_t M
   out->K = packed.size(d0 + 1) * QB;
   out->n = n;
   out->panels = panels;
+  out->panel_width = NB;
   out->bias = bias;
   return true;
 #else

@@ -15,6 +15,7 @@ struct AmxMatrix {
   const uint8_t* qa = nullptr;  // the same blocks in the tiles' order, or null
   int bits = 0;                 // 4 (Q4_1) or 8 (Q8_0)
   int64_t block_bytes = 0, K = 0, n = 0, panels = 0;
+  int64_t panel_width = 0;      // output columns per panel
   const float* bias = nullptr;  // n floats or null
 };
 
