@@ -65,7 +65,10 @@ def test_long_context_past_sliding_window(tiny):
     rng = random.Random(1)
     prompt = [rng.randrange(lm.vocab_size) for _ in range(30)]
     want = oracle_greedy(plain, prompt, 40)
-    got = Decoder(lm, prompt, method="reference", references=[want[5:30]], max_new_tokens=40).run()
+    # guard off: with it, drafting depends on step costs measured at run time, and on a busy machine
+    # (seen: the test suite and a CI run at once) the guard dropped every draft of tiny GPT-2
+    got = Decoder(lm, prompt, method="reference", references=[want[5:30]], max_new_tokens=40,
+                  options=llmaccel.ReferenceOptions(adaptive=False)).run()
     assert got.token_ids == want
     assert got.steps < len(want)  # the reference was used
 
