@@ -77,6 +77,23 @@ void rope(float* v, int64_t heads, int64_t D, const float* c, const float* s) {
     }
 }
 
+// RoPE on the q and k heads of the step's qkv rows (row stride qkv_n: hq q heads, hkv k heads, hkv v
+// heads of D), and the k and v heads into the cache at start + token, for the (token, head) items
+// [i0, i1) of T * (hq + 2 hkv): the op-by-op layer runs them all, the fused layer a share per thread.
+void rope_and_cache(float* qkv, int64_t qkv_n, float* kp, float* vp, int64_t cap, int64_t start, const float* cp,
+                    const float* sp, int64_t hq, int64_t hkv, int64_t D, int64_t i0, int64_t i1) {
+  const int64_t heads = hq + 2 * hkv;
+  for (int64_t i = i0; i < i1; ++i) {
+    const int64_t tok = i / heads, h = i % heads;
+    float* v = qkv + tok * qkv_n + h * D;
+    if (h < hq + hkv) rope(v, 1, D, cp + tok * D, sp + tok * D);
+    if (h >= hq + hkv)
+      std::memcpy(vp + ((h - hq - hkv) * cap + start + tok) * D, v, D * sizeof(float));
+    else if (h >= hq)
+      std::memcpy(kp + ((h - hq) * cap + start + tok) * D, v, D * sizeof(float));
+  }
+}
+
 // ---- Attention for steps of a few query tokens ------------------------------------------------
 //
 // Why: at T = 1..4 queries PyTorch's CPU flash kernel spends ~150 us per layer of SmolLM2 at a 1k
@@ -222,36 +239,13 @@ void small_attention(const float* q, int64_t ldq, const float* kb, const float* 
 // (x / (1 + exp(-x)) on ATen's vectors, std::exp on a tail), so the result is at::silu(gate) * up to the
 // bit (tested); one pass over the rows in parallel instead of two serial ATen ops (those took 0.70 ms of
 // a 16-token step of SmolLM2).
-void silu_mul(const float* gu, int64_t T, int64_t I, float* out) {
-  using Vec = at::vec::Vectorized<float>;
-  constexpr int64_t W = Vec::size();
-  auto rows = [&](int64_t t0, int64_t t1) {
-    const Vec one(1.0f);
-    for (int64_t t = t0; t < t1; ++t) {
-      const float* g = gu + t * 2 * I;
-      const float* u = g + I;
-      float* o = out + t * I;
-      int64_t i = 0;
-      for (; i + W <= I; i += W) {
-        const Vec x = Vec::loadu(g + i);
-        (x / (one + x.neg().exp()) * Vec::loadu(u + i)).store(o + i);
-      }
-      for (; i < I; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
-    }
-  };
-  if (T >= 4 && !at::in_parallel_region())  // fewer rows: less work than waking the other threads
-    at::parallel_for(0, T, 1, rows);
-  else
-    rows(0, T);
-}
-
-// The same for the columns [c0, c1) of every row (c0 a multiple of the vector width; c1 one too, or I):
-// the fused layer's share, each element computed as silu_mul computes it.
-void silu_cols(const float* gu, int64_t T, int64_t I, float* out, int64_t c0, int64_t c1) {
+// Rows [t0, t1), columns [c0, c1) (c0 a multiple of the vector width; c1 one too, or I): every element
+// as the whole-row pass computes it, so the fused layer's column shares give silu_mul's numbers.
+void silu_block(const float* gu, int64_t I, float* out, int64_t t0, int64_t t1, int64_t c0, int64_t c1) {
   using Vec = at::vec::Vectorized<float>;
   constexpr int64_t W = Vec::size();
   const Vec one(1.0f);
-  for (int64_t t = 0; t < T; ++t) {
+  for (int64_t t = t0; t < t1; ++t) {
     const float* g = gu + t * 2 * I;
     const float* u = g + I;
     float* o = out + t * I;
@@ -262,6 +256,14 @@ void silu_cols(const float* gu, int64_t T, int64_t I, float* out, int64_t c0, in
     }
     for (; i < c1; ++i) o[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
   }
+}
+
+void silu_mul(const float* gu, int64_t T, int64_t I, float* out) {
+  auto rows = [&](int64_t t0, int64_t t1) { silu_block(gu, I, out, t0, t1, 0, I); };
+  if (T >= 4 && !at::in_parallel_region())  // fewer rows: less work than waking the other threads
+    at::parallel_for(0, T, 1, rows);
+  else
+    rows(0, T);
 }
 
 // ---- Attention for steps of several query tokens (draft checks, lookahead trees) ---------------
@@ -535,16 +537,7 @@ void fused_layer(const FusedMats& m, float* hp, const float* ln1, const float* l
     llmaccel_gemm::AmxRows rows = amx_split(xn, T, H);
     amx_panels(m.qkv, rows, qkv, lo(m.qkv.panels), hi(m.qkv.panels), false);
 #pragma omp barrier
-    // RoPE on q and k, k and v into the cache, by (token, head)
-    for (int64_t i = lo(T * heads); i < hi(T * heads); ++i) {
-      const int64_t tok = i / heads, h = i % heads;
-      float* v = qkv + tok * qkv_n + h * D;
-      if (h < hq + hkv) rope(v, 1, D, cp + tok * D, sp + tok * D);
-      if (h >= hq + hkv)
-        std::memcpy(vp + ((h - hq - hkv) * cap + start + tok) * D, v, D * sizeof(float));
-      else if (h >= hq)
-        std::memcpy(kp + ((h - hq) * cap + start + tok) * D, v, D * sizeof(float));
-    }
+    rope_and_cache(qkv, qkv_n, kp, vp, cap, start, cp, sp, hq, hkv, D, lo(T * heads), hi(T * heads));
 #pragma omp barrier
     if (small) {
       small_items(splan, qkv, qkv_n, kp, vp, cap, S, mask, T, D, scale, part, lo(splan.items),
@@ -566,13 +559,13 @@ void fused_layer(const FusedMats& m, float* hp, const float* ln1, const float* l
       const int64_t half = m.gu.panels / 2, j0 = lo(half), j1 = hi(half);
       amx_panels(m.gu, rows, gu, j0, j1, false);
       amx_panels(m.gu, rows, gu, half + j0, half + j1, false);
-      silu_cols(gu, T, I, act, j0 * NB, j1 * NB);
+      silu_block(gu, I, act, 0, T, j0 * NB, j1 * NB);
     } else {
       amx_panels(m.gu, rows, gu, lo(m.gu.panels), hi(m.gu.panels), false);
 #pragma omp barrier
       constexpr int64_t W = at::vec::Vectorized<float>::size();
       const int64_t c0 = lo(I) / W * W, c1 = t + 1 == nth ? I : hi(I) / W * W;
-      silu_cols(gu, T, I, act, c0, c1);
+      silu_block(gu, I, act, 0, T, c0, c1);
     }
 #pragma omp barrier
     // down, added to h
@@ -665,14 +658,7 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
   rms_norm(hp, ln1.data_ptr<float>(), x.data_ptr<float>(), T, H, feps);
   auto qkv = skinny_linear(x, qkv_packed, qkv_n, qkv_bias);  // (T, (hq + 2 hkv) D)
   float* qp = qkv.data_ptr<float>();
-  for (int64_t t = 0; t < T; ++t) {
-    float* row = qp + t * qkv_n;
-    rope(row, hq + hkv, D, cp + t * D, sp + t * D);  // q heads, then k heads
-    for (int64_t g = 0; g < hkv; ++g) {
-      std::memcpy(kp + (g * cap + start + t) * D, row + (hq + g) * D, D * sizeof(float));
-      std::memcpy(vp + (g * cap + start + t) * D, row + (hq + hkv + g) * D, D * sizeof(float));
-    }
-  }
+  rope_and_cache(qp, qkv_n, kp, vp, cap, start, cp, sp, hq, hkv, D, 0, T * (hq + 2 * hkv));
   torch::Tensor a;
   if (T <= small_attention_max_t || (step_tiles && D % AVL == 0)) {
     a = torch::empty({T, hq * D}, h.options());

@@ -203,6 +203,23 @@ struct Packed {
   int64_t block_bytes = 0;
 };
 
+// The code blocks in `packed`, pack()'s uint8 layouts: [P, K/32, bytes], or [2, P, K/32, bytes] with the
+// same blocks in the AMX order second. Fills W, K and the panel count; false for anything else.
+static bool code_blocks(const torch::Tensor& packed, Packed* W, int64_t* K, int64_t* panels) {
+  if (packed.scalar_type() != torch::kByte || !packed.is_contiguous() || !packed.device().is_cpu()) return false;
+  const bool two = packed.dim() == 4 && packed.size(0) == 2;
+  if (packed.dim() != (two ? 4 : 3)) return false;
+  const int64_t d0 = two ? 1 : 0, bytes = packed.size(d0 + 2);
+  if (bytes != Q4_BYTES && bytes != Q8_BYTES) return false;
+  W->q = packed.data_ptr<uint8_t>();
+  W->qa = two ? W->q + packed.stride(0) : nullptr;
+  W->block_bytes = bytes;
+  W->bits = bytes == Q4_BYTES ? 4 : 8;
+  *K = packed.size(d0 + 1) * QB;
+  *panels = packed.size(d0);
+  return true;
+}
+
 // Decodes code blocks [b0, b0 + nb) of one panel into w (nb * QB x NB floats, row k at k * NB).
 static void decode_blocks(const Packed& W, const uint8_t* blk, int64_t nb, float* w, const uint8_t* pf_end) {
   for (int64_t b = 0; b < nb; ++b, blk += W.block_bytes, w += QB * NB) {
@@ -560,6 +577,14 @@ using llmaccel_amx::tiles_permitted;
 static bool amx_enabled = true;  // skinny.use_amx() turns it off, to compare or to test the other path
 
 #ifdef LLMACCEL_AMX
+// Whether code blocks of `bits` with M rows of x take the AMX path: skinny_linear and amx_matrix make
+// this one choice, so the fused layer computes what skinny_linear does.
+static bool amx_for(int bits, int64_t M) {
+  return M >= (bits == 8 ? AMX_MIN_ROWS_Q8 : AMX_MIN_ROWS) && amx_enabled && tiles_permitted();
+}
+#endif
+
+#ifdef LLMACCEL_AMX
 // x (M, K) split into this thread's bf16 parts and block sums, in buffers kept per thread (every
 // element written each call); valid until the thread's next call.
 static llmaccel_gemm::AmxRows thread_split(const float* x, int64_t M, int64_t K) {
@@ -578,21 +603,16 @@ static llmaccel_gemm::AmxRows thread_split(const float* x, int64_t M, int64_t K)
 
 bool llmaccel_gemm::amx_matrix(const torch::Tensor& packed, int64_t n, int64_t M, const float* bias, AmxMatrix* out) {
 #ifdef LLMACCEL_AMX
-  // the code-block layouts skinny_linear takes, [P, K/32, bytes] or [2, P, K/32, bytes], nothing else
-  if (packed.scalar_type() != torch::kByte || !packed.is_contiguous() || !packed.device().is_cpu()) return false;
-  const bool two = packed.dim() == 4 && packed.size(0) == 2;
-  if (packed.dim() != (two ? 4 : 3)) return false;
-  const int64_t d0 = two ? 1 : 0, bytes = packed.size(d0 + 2), panels = packed.size(d0);
-  if (bytes != Q4_BYTES && bytes != Q8_BYTES) return false;
-  if (n <= 0 || n > panels * NB || n <= (panels - 1) * NB) return false;
-  const int bits = bytes == Q4_BYTES ? 4 : 8;
-  // the same choice as skinny_linear's, so a layer computes the same numbers whichever way it runs
-  if (M < (bits == 8 ? AMX_MIN_ROWS_Q8 : AMX_MIN_ROWS) || !amx_enabled || !tiles_permitted()) return false;
-  out->q = packed.data_ptr<uint8_t>();
-  out->qa = two ? out->q + packed.stride(0) : nullptr;
-  out->bits = bits;
-  out->block_bytes = bytes;
-  out->K = packed.size(d0 + 1) * QB;
+  Packed W;
+  int64_t K = 0, panels = 0;
+  if (!code_blocks(packed, &W, &K, &panels) || n <= 0 || n > panels * NB || n <= (panels - 1) * NB ||
+      !amx_for(W.bits, M))
+    return false;
+  out->q = W.q;
+  out->qa = W.qa;
+  out->bits = W.bits;
+  out->block_bytes = W.block_bytes;
+  out->K = K;
   out->n = n;
   out->panels = panels;
   out->panel_width = NB;
@@ -631,29 +651,18 @@ void llmaccel_gemm::amx_panels(const AmxMatrix& m, const AmxRows& x, float* y, i
 torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
                      const c10::optional<torch::Tensor>& bias_in) {
   Packed W;
-  int64_t K = 0;
+  int64_t K = 0, npanels = 0;
   const bool codes = packed.scalar_type() == torch::kByte;
-  // code blocks may come as two layouts of the same blocks, [2, P, K/32, bytes]: the vector path's,
-  // then the AMX path's (decode_block_pairs, decode_block_q8_pairs)
-  const bool two = codes && packed.dim() == 4 && packed.size(0) == 2 &&
-                   (packed.size(3) == Q4_BYTES || packed.size(3) == Q8_BYTES);
-  const int64_t d0 = two ? 1 : 0;
-  TORCH_CHECK_VALUE((packed.dim() == 3 || two) && packed.is_contiguous() && packed.device().is_cpu() &&
-                        (codes ? packed.size(d0 + 2) == Q4_BYTES || packed.size(d0 + 2) == Q8_BYTES
-                               : packed.size(2) == NB && packed.scalar_type() == torch::kFloat),
+  TORCH_CHECK_VALUE(codes ? code_blocks(packed, &W, &K, &npanels)
+                          : packed.dim() == 3 && packed.is_contiguous() && packed.device().is_cpu() &&
+                                packed.size(2) == NB && packed.scalar_type() == torch::kFloat,
                     "skinny linear: packed must come from pack() (fp32 CPU [P, K, ", NB,
                     "] or uint8 code blocks [P, K/32, ", Q4_BYTES, " or ", Q8_BYTES, "] or [2, P, K/32, bytes]), got ", packed.sizes(), " ", packed.scalar_type());
-  if (codes) {
-    W.q = packed.data_ptr<uint8_t>();
-    W.block_bytes = packed.size(d0 + 2);
-    W.bits = W.block_bytes == Q4_BYTES ? 4 : 8;
-    K = packed.size(d0 + 1) * QB;
-    if (two) W.qa = W.q + packed.stride(0);
-  } else {
+  if (!codes) {
     W.f32 = packed.data_ptr<float>();
     K = packed.size(1);
+    npanels = packed.size(0);
   }
-  const int64_t npanels = packed.size(d0);
   TORCH_CHECK_VALUE(x_in.dim() >= 1 && x_in.size(-1) == K && x_in.device().is_cpu(),
                     "skinny linear: x must be a CPU tensor (..., ", K, "), got ", x_in.sizes());
   TORCH_CHECK_VALUE(n >= 0 && n <= npanels * NB && (npanels == 0 || n > (npanels - 1) * NB),
@@ -682,7 +691,7 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
   // Contiguous panel ranges per thread (one sequential stream each, for the prefetchers). Grain 1:
   // even a few panels are worth splitting, the work is bandwidth bound.
 #ifdef LLMACCEL_AMX
-  if (W.q && M >= (W.bits == 8 ? AMX_MIN_ROWS_Q8 : AMX_MIN_ROWS) && amx_enabled && tiles_permitted()) {
+  if (W.q && amx_for(W.bits, M)) {
     // One parallel region; each thread splits every row of x into its own buffers (kept allocated,
     // every element written), then runs its panels. Measured against the alternatives: splitting on the
     // calling thread before the region left the other thread idle (~8% of a 16-token step, perf);
