@@ -114,6 +114,35 @@ def test_keep_path_compacts_the_cache():
     assert cache.layers[0].get_seq_length() == 6
 
 
+def test_cache_views_follow_the_length():
+    """keys/values are views of the valid entries whatever moved the length (update, a direct write through
+    reserve/advance as the C++ layers do, rollback, growth); reset empties the layer; assigning a tensor to
+    them is refused rather than silently bypassing the length."""
+    torch.manual_seed(0)
+    cache = KVCache()
+    k, v = torch.randn(1, 2, 5, 4), torch.randn(1, 2, 5, 4)
+    with torch.inference_mode():
+        keys, values = cache.update(k, v, 0)
+        assert torch.equal(keys, k) and torch.equal(values, v)
+        layer = cache.layers[0]
+        kbuf, vbuf = layer.reserve(300)  # grows the buffers past GROW_CHUNK
+        extra = torch.randn(1, 2, 300, 4)
+        kbuf[:, :, 5:305] = extra
+        vbuf[:, :, 5:305] = -extra
+        layer.advance(300)
+        assert torch.equal(layer.keys, torch.cat([k, extra], dim=2))
+        assert torch.equal(layer.values, torch.cat([v, -extra], dim=2))
+        cache.rollback_to(3)
+        assert layer.keys.shape == (1, 2, 3, 4) and torch.equal(layer.values, v[:, :, :3])
+        with pytest.raises(TypeError, match="update"):
+            layer.keys = torch.zeros(1, 2, 3, 4)
+        assert torch.equal(layer.keys, k[:, :, :3])  # the refused assignment changed nothing
+        layer.reset()
+        assert layer.keys is None and layer.values is None and layer.get_seq_length() == 0
+        keys, _ = cache.update(v, k, 0)  # usable again after a reset
+        assert torch.equal(keys, v) and layer.get_seq_length() == 5
+
+
 def test_gate_follows_the_gain_and_explores():
     gate = WindowGate(DEFAULT_STEP_COST, explore_every=4, max_explore_every=16, prior=0.0)
     uses = []

@@ -24,12 +24,42 @@ def compact(buf: torch.Tensor, start: int, idx: torch.Tensor) -> None:
 
 
 class PreallocatedLayer(DynamicLayer):
-    """One layer's keys and values in a buffer (B, H, capacity, D); `keys`/`values` are views of the valid part."""
+    """One layer's keys and values in a buffer (B, H, capacity, D); `keys`/`values` are views of the valid part.
+
+    The views are made when read, not each time the length moves: the C++ layers of a decoding step
+    write the buffers directly and only move the length (`reserve`/`advance`, and `rollback_to` after a
+    rejected draft). Two slices a layer at every move cost 0.17 ms of a SmolLM2 step (30 layers) in a
+    hot loop and more in a real step, where each torch call finds its code and data evicted by the
+    weights: steps plus rollback, alternating, 8.84 -> 8.47 ms at 1 token, 13.93 -> 13.62 ms at 16.
+    """
 
     def __init__(self) -> None:
-        super().__init__()
         self._kbuf: torch.Tensor | None = None  # (B, H_kv, capacity, D)
         self._vbuf: torch.Tensor | None = None
+        self._len = 0
+        super().__init__()
+
+    # transformers' layer API reads `keys`/`values` and sets them to None on reset
+    @property
+    def keys(self) -> torch.Tensor | None:
+        return None if self._kbuf is None else self._kbuf[:, :, : self._len]  # (B, H_kv, len, D), a view
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self._set_buffer("_kbuf", value)
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._vbuf is None else self._vbuf[:, :, : self._len]
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self._set_buffer("_vbuf", value)
+
+    def _set_buffer(self, name: str, value: torch.Tensor | None) -> None:
+        if value is not None:  # only transformers' reset (None) assigns; a tensor would bypass the length
+            raise TypeError("PreallocatedLayer: write entries through update(), not by assigning keys/values")
+        setattr(self, name, None)
         self._len = 0
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
@@ -60,8 +90,6 @@ class PreallocatedLayer(DynamicLayer):
 
     def _set_length(self, n: int) -> None:
         self._len = n
-        self.keys = self._kbuf[:, :, :n]  # (B, H_kv, len, D), a view
-        self.values = self._vbuf[:, :, :n]
 
     def get_seq_length(self) -> int:
         return self._len
