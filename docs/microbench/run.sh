@@ -32,6 +32,7 @@ i = s.rindex("  }\n}")
 open(sys.argv[2], "w").write(s[:i] + "    TMARK(7);\n" + s[i:])
 PY2
 g++ -O3 -march=native -ffp-contract=fast -fopenmp -I"$out" -I"$here/../../src/llmaccel/kernels" -o "$out/attention_phases" "$here/attention_phases.cpp"
+g++ -O3 -march=native -ffp-contract=fast -I"$here/../../src/llmaccel/kernels" -o "$out/vexp_check" "$here/vexp_check.cpp"
 for v in FMA PERM SHIFT LOGIC; do g++ -O2 -march=native -D$v -o "$out/tile_port_overlap_$v" "$here/tile_port_overlap.cpp"; done
 for lim in 4 2; do
   g++ -O3 -march=native -ffp-contract=fast -DLIM=$lim -I"$here/../../src/llmaccel/kernels" -o "$out/attention_scores_$lim" "$here/attention_scores.cpp"
@@ -52,3 +53,4 @@ echo "== attention_phases (us)"; OMP_NUM_THREADS=2 ./attention_phases 300 16; OM
 echo "== q8_decode (ns per block)"; ./q8_decode
 echo "== attention_scores, 9 part products"; ./attention_scores_4 320; ./attention_scores_4 1008
 echo "== attention_scores, 6 part products"; ./attention_scores_2 320; ./attention_scores_2 1008
+echo "== vexp_check"; ./vexp_check

@@ -50,6 +50,26 @@ inline float hsum(avec v) {
 
 // exp on each lane; inputs below -87 give 0 (softmax weights that small do not matter in fp32).
 __attribute__((always_inline)) inline avec vexp(avec x) {
+#if defined(__AVX512F__)
+  // The same arithmetic with AVX-512's floor (vrndscaleps) and 2^n scaling (vscalefps, zeroing the lanes
+  // below -87 by mask): ~16 instructions where the portable form below takes ~25, and bit for bit the
+  // same result for every one of the 2^32 inputs (docs/microbench/vexp_check.cpp). 3.83 -> 2.98 ns a
+  // vector in a loop; in a 16-token step of SmolLM2 at 300 cached tokens it computes ~45 k exps a layer.
+  const __mmask16 keep = _mm512_cmp_ps_mask(reinterpret_cast<__m512>(x), _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  x = x > splat(88.0f) ? splat(88.0f) : x;
+  const avec fx = x * splat(1.44269504088896341f) + splat(0.5f);
+  const avec n = reinterpret_cast<avec>(_mm512_roundscale_ps(reinterpret_cast<__m512>(fx), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+  const avec r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
+  avec p = splat(1.9875691500e-4f);
+  p = p * r + splat(1.3981999507e-3f);
+  p = p * r + splat(8.3334519073e-3f);
+  p = p * r + splat(4.1665795894e-2f);
+  p = p * r + splat(1.6666665459e-1f);
+  p = p * r + splat(5.0000001201e-1f);
+  p = p * r * r + r + splat(1.0f);
+  return reinterpret_cast<avec>(_mm512_maskz_scalef_ps(keep, reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+#else
   const avec tiny = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
   x = x > splat(88.0f) ? splat(88.0f) : x;
@@ -68,6 +88,7 @@ __attribute__((always_inline)) inline avec vexp(avec x) {
   avec scale;
   __builtin_memcpy(&scale, &bits, sizeof(scale));
   return p * scale * tiny;
+#endif
 }
 
 }  // namespace
