@@ -1,32 +1,11 @@
-// vec.h's vexp (on AVX-512: vrndscaleps floor, vscalefps 2^n) against its portable form (kept below
-// verbatim as vec.h has it for other ISAs): every one of the 2^32 float inputs, bit for bit, NaNs
-// included; then the time of each per vector. Session 21, BENCHMARKS.md "Engine cost".
+// vec.h's vexp (on AVX-512: vrndscaleps floor, vscalefps 2^n) against vexp_portable, the form other
+// ISAs take (and the only one before session 21): every one of the 2^32 float inputs, bit for bit,
+// NaNs included; then the time of each per vector. BENCHMARKS.md "Engine cost", session 21.
 #include "vec.h"
 
 #include <chrono>
 #include <cstdio>
 #include <cstring>
-
-static inline avec vexp_portable(avec x) {
-  const avec tiny = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
-  x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  x = x > splat(88.0f) ? splat(88.0f) : x;
-  avec fx = x * splat(1.44269504088896341f) + splat(0.5f);
-  avec n = __builtin_convertvector(__builtin_convertvector(fx, aivec), avec);  // trunc
-  n = n > fx ? n - splat(1.0f) : n;                                            // floor(x / ln2 + 1/2)
-  const avec r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
-  avec p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
-  const aivec bits = (__builtin_convertvector(n, aivec) + 127) << 23;  // 2^n
-  avec scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale * tiny;
-}
 
 int main() {
   uint64_t differ = 0;

@@ -48,18 +48,9 @@ inline float hsum(avec v) {
 #endif
 }
 
-// exp on each lane; inputs below -87 give 0 (softmax weights that small do not matter in fp32).
-__attribute__((always_inline)) inline avec vexp(avec x) {
-#if defined(__AVX512F__)
-  // The same arithmetic with AVX-512's floor (vrndscaleps) and 2^n scaling (vscalefps, zeroing the lanes
-  // below -87 by mask): ~16 instructions where the portable form below takes ~25, and bit for bit the
-  // same result for every one of the 2^32 inputs (docs/microbench/vexp_check.cpp). 3.83 -> 2.98 ns a
-  // vector in a loop; in a 16-token step of SmolLM2 at 300 cached tokens it computes ~45 k exps a layer.
-  const __mmask16 keep = _mm512_cmp_ps_mask(reinterpret_cast<__m512>(x), _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
-  x = x < splat(-87.0f) ? splat(-87.0f) : x;
-  x = x > splat(88.0f) ? splat(88.0f) : x;
-  const avec fx = x * splat(1.44269504088896341f) + splat(0.5f);
-  const avec n = reinterpret_cast<avec>(_mm512_roundscale_ps(reinterpret_cast<__m512>(fx), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+// exp(x) = p(r) 2^n with n = floor(x / ln2 + 1/2) and r = x - n ln2 (ln2 in two parts): p(r) for x
+// already clamped to [-87, 88] and its n.
+__attribute__((always_inline)) inline avec vexp_poly(avec x, avec n) {
   const avec r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
   avec p = splat(1.9875691500e-4f);
   p = p * r + splat(1.3981999507e-3f);
@@ -67,27 +58,40 @@ __attribute__((always_inline)) inline avec vexp(avec x) {
   p = p * r + splat(4.1665795894e-2f);
   p = p * r + splat(1.6666665459e-1f);
   p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
-  return reinterpret_cast<avec>(_mm512_maskz_scalef_ps(keep, reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
-#else
+  return p * r * r + r + splat(1.0f);
+}
+
+// exp on each lane, any ISA; inputs below -87 give 0 (softmax weights that small do not matter in fp32).
+__attribute__((always_inline)) inline avec vexp_portable(avec x) {
   const avec tiny = x < splat(-87.0f) ? splat(0.0f) : splat(1.0f);
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
   x = x > splat(88.0f) ? splat(88.0f) : x;
   avec fx = x * splat(1.44269504088896341f) + splat(0.5f);
   avec n = __builtin_convertvector(__builtin_convertvector(fx, aivec), avec);  // trunc
   n = n > fx ? n - splat(1.0f) : n;                                            // floor(x / ln2 + 1/2)
-  const avec r = x - n * splat(0.693359375f) - n * splat(-2.12194440e-4f);
-  avec p = splat(1.9875691500e-4f);
-  p = p * r + splat(1.3981999507e-3f);
-  p = p * r + splat(8.3334519073e-3f);
-  p = p * r + splat(4.1665795894e-2f);
-  p = p * r + splat(1.6666665459e-1f);
-  p = p * r + splat(5.0000001201e-1f);
-  p = p * r * r + r + splat(1.0f);
+  const avec p = vexp_poly(x, n);
   const aivec bits = (__builtin_convertvector(n, aivec) + 127) << 23;  // 2^n
   avec scale;
   __builtin_memcpy(&scale, &bits, sizeof(scale));
   return p * scale * tiny;
+}
+
+// exp on each lane, as vexp_portable. On AVX-512 the same arithmetic with its floor (vrndscaleps) and
+// 2^n scaling (vscalefps, zeroing the lanes below -87 by mask): ~16 instructions where the portable
+// form takes ~25, and bit for bit the same result for every one of the 2^32 inputs
+// (docs/microbench/vexp_check.cpp): 3.83 -> 2.96 ns a vector in a loop. A 16-token step of SmolLM2 at
+// 300 cached tokens computes ~45 k exps a layer.
+__attribute__((always_inline)) inline avec vexp(avec x) {
+#if defined(__AVX512F__)
+  const __mmask16 keep = _mm512_cmp_ps_mask(reinterpret_cast<__m512>(x), _mm512_set1_ps(-87.0f), _CMP_NLT_UQ);
+  x = x < splat(-87.0f) ? splat(-87.0f) : x;
+  x = x > splat(88.0f) ? splat(88.0f) : x;
+  const avec fx = x * splat(1.44269504088896341f) + splat(0.5f);
+  const avec n = reinterpret_cast<avec>(_mm512_roundscale_ps(reinterpret_cast<__m512>(fx), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+  const avec p = vexp_poly(x, n);
+  return reinterpret_cast<avec>(_mm512_maskz_scalef_ps(keep, reinterpret_cast<__m512>(p), reinterpret_cast<__m512>(n)));
+#else
+  return vexp_portable(x);
 #endif
 }
 
