@@ -28,7 +28,7 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["argmax", "argmax_head", "available", "block_codes", "fused_layer", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
+__all__ = ["argmax", "argmax_head", "available", "block_codes", "fused_layer", "fused_layer_runs", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 

@@ -582,9 +582,7 @@ static bool amx_enabled = true;  // skinny.use_amx() turns it off, to compare or
 static bool amx_for(int bits, int64_t M) {
   return M >= (bits == 8 ? AMX_MIN_ROWS_Q8 : AMX_MIN_ROWS) && amx_enabled && tiles_permitted();
 }
-#endif
 
-#ifdef LLMACCEL_AMX
 // x (M, K) split into this thread's bf16 parts and block sums, in buffers kept per thread (every
 // element written each call); valid until the thread's next call.
 static llmaccel_gemm::AmxRows thread_split(const float* x, int64_t M, int64_t K) {
