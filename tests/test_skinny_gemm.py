@@ -110,7 +110,7 @@ def test_codes_equal_fp32_panels_bitwise(bits, n, k):
     finally:
         amx = skinny.use_amx(True)  # whether this CPU has the AMX path (use_amx(False) returns False)
     if amx:  # AMX tiles (CPUs that have them; 8-bit codes from 3 rows): block sums regrouped, fp32 accuracy
-        for m_rows in [1, 2, 3, 4, 8, 9, 16, 17, 33, 40]:
+        for m_rows in [1, 2, 3, 4, 5, 6, 8, 9, 16, 17, 33, 40]:  # up to 5 rows x's three parts share one tile
             x = torch.randn(m_rows, k, generator=g) * 3
             exact = (x.double() @ w.double().T + b.double()).float()
             got, vec = skinny.linear(x, codes, n, b), skinny.linear(x, panels, n, b)

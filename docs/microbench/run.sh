@@ -33,6 +33,7 @@ open(sys.argv[2], "w").write(s[:i] + "    TMARK(7);\n" + s[i:])
 PY2
 g++ -O3 -march=native -ffp-contract=fast -fopenmp -I"$out" -I"$here/../../src/llmaccel/kernels" -o "$out/attention_phases" "$here/attention_phases.cpp"
 g++ -O3 -march=native -ffp-contract=fast -I"$here/../../src/llmaccel/kernels" -o "$out/vexp_check" "$here/vexp_check.cpp"
+g++ -O2 -march=native -o "$out/tile_rows" "$here/tile_rows.cpp"
 for v in FMA PERM SHIFT LOGIC; do g++ -O2 -march=native -D$v -o "$out/tile_port_overlap_$v" "$here/tile_port_overlap.cpp"; done
 for lim in 4 2; do
   g++ -O3 -march=native -ffp-contract=fast -DLIM=$lim -I"$here/../../src/llmaccel/kernels" -o "$out/attention_scores_$lim" "$here/attention_scores.cpp"
@@ -54,3 +55,4 @@ echo "== q8_decode (ns per block)"; ./q8_decode
 echo "== attention_scores, 9 part products"; ./attention_scores_4 320; ./attention_scores_4 1008
 echo "== attention_scores, 6 part products"; ./attention_scores_2 320; ./attention_scores_2 1008
 echo "== vexp_check"; ./vexp_check
+echo "== tile_rows (ns per block)"; for r in 1 3 6 16; do ./tile_rows $r 3; ./tile_rows $r 1; done

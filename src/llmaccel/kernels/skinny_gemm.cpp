@@ -325,6 +325,14 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BF16__) && defined(__AVX512BW__)
 #define LLMACCEL_AMX 1
 constexpr int64_t AMX_ROWS = 16;  // rows of x per tile product
+// Up to STACK_ROWS rows, the three parts of x share one A tile (3 M rows: part-major), so a block takes
+// 3 tile products instead of 9. A tile product costs the same whatever its row count (one core, the
+// kept block pattern, ns a block: 1 row 60.1, 3 rows 61.4, 6 rows 61.2, 16 rows 62.5; with one part
+// instead of three 28.5-29.2; docs/microbench/tile_rows.cpp), so at 1-5 rows six of the nine products
+// were paid for nothing. The block's three part sums come out as separate C rows and are added in the
+// scaling, lo + mid first. Whole SmolLM2 steps at 300 cached tokens, alternating in one process
+// (medians of 60): k=1 7.17 -> 6.89 ms (0.960x), k=2 0.955x, k=4 0.957x, k=5 0.974x, k=16 1.001x.
+constexpr int64_t STACK_ROWS = AMX_ROWS / 3;
 // Every row count takes it (AMX_MIN_ROWS 1). Until session 16 fewer than 8 rows took the vector path,
 // from measurements with the weights cold in memory (bench_skinny, 30 layers, ms, vector / AMX: M=1
 // 6.06 / 6.57, M=4 7.33 / 7.35, M=8 9.22 / 8.50, M=16 13.31 / 11.69). In the engine's steps the codes
@@ -339,6 +347,8 @@ constexpr int64_t AMX_ROWS = 16;  // rows of x per tile product
 // (d q as two exact bf16 parts, 5 products a block, no per-block scaling): 0.93x the vector path's
 // time in the same run, where this design takes 0.85-0.88x: its decode needs ~3x the vector work.
 // Decoding one block ahead and scaling one block behind, double-buffered C tiles: within noise.
+// Scaling 2 or 4 blocks in one pass (acc kept in a register across them; the same FMAs in the same
+// order, bit-identical): whole 16-token steps 0.996x / 1.001x (session 22).
 constexpr int64_t AMX_MIN_ROWS = 1;
 // 8-bit codes (SmolLM2's LM head, Q8_0) decode to tiles with ~3x the vector work of 4-bit codes, so 1
 // and 2 rows stay on the vector path: bench_skinny (cold, ms, vector / AMX) M=1 1.35 / 1.55, M=2 1.47 /
@@ -348,8 +358,14 @@ constexpr int64_t AMX_MIN_ROWS_Q8 = 3;
 
 using llmaccel_amx::TileConfig;
 
-// Splits x (M, K) into the bf16 parts of each block, parts[part][b][r][32] (bf16 bit patterns), and
-// sums each block of each row, xsum[r][b].
+// Where split_bf16 puts part `part` of block b of row r (in units of 32 bf16): parts[part][b][r], or
+// for M <= STACK_ROWS parts[b][part][r], so that one block's 3 M rows are one A tile (stride 64 bytes).
+static inline int64_t part_row(int64_t part, int64_t b, int64_t r, int64_t nb, int64_t M) {
+  return M <= STACK_ROWS ? (b * 3 + part) * M + r : (part * nb + b) * M + r;
+}
+
+// Splits x (M, K) into the bf16 parts of each block (bf16 bit patterns, at part_row), and sums each
+// block of each row, xsum[r][b].
 static void split_bf16(const float* x, int64_t M, int64_t K, uint16_t* parts, float* xsum) {
   const int64_t nb = K / QB;
   const __m512i top_mask = _mm512_set1_epi32(static_cast<int>(0xFFFF0000u));
@@ -367,7 +383,7 @@ static void split_bf16(const float* x, int64_t M, int64_t K, uint16_t* parts, fl
         // truncation: v - top is exact
         const __m512i t0 = _mm512_and_si512(_mm512_castps_si512(v0), top_mask);
         const __m512i t1 = _mm512_and_si512(_mm512_castps_si512(v1), top_mask);
-        _mm512_storeu_si512(parts + ((part * nb + b) * M + r) * QB, _mm512_permutex2var_epi16(t0, high_words, t1));
+        _mm512_storeu_si512(parts + part_row(part, b, r, nb, M) * QB, _mm512_permutex2var_epi16(t0, high_words, t1));
         v0 = _mm512_sub_ps(v0, _mm512_castsi512_ps(t0));
         v1 = _mm512_sub_ps(v1, _mm512_castsi512_ps(t1));
       }
@@ -474,15 +490,15 @@ static inline void block_tiles(const uint16_t* parts, int64_t nb, int64_t M, int
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
-  _tile_loadd(3, parts + ((0 * nb + b) * M + r0) * QB, 64);
-  _tile_loadd(7, parts + ((1 * nb + b) * M + r0) * QB, 64);
+  _tile_loadd(3, parts + part_row(0, b, r0, nb, M) * QB, 64);
+  _tile_loadd(7, parts + part_row(1, b, r0, nb, M) * QB, 64);
   _tile_dpbf16ps(0, 3, 4);
   _tile_dpbf16ps(1, 3, 5);
   _tile_dpbf16ps(2, 3, 6);
   _tile_dpbf16ps(0, 7, 4);
   _tile_dpbf16ps(1, 7, 5);
   _tile_dpbf16ps(2, 7, 6);
-  _tile_loadd(3, parts + ((2 * nb + b) * M + r0) * QB, 64);
+  _tile_loadd(3, parts + part_row(2, b, r0, nb, M) * QB, 64);
   _tile_dpbf16ps(0, 3, 4);
   _tile_dpbf16ps(1, 3, 5);
   _tile_dpbf16ps(2, 3, 6);
@@ -497,6 +513,39 @@ static inline void scale_block(const float* dm, const float* cb, const float* xs
     const __m512 d = _mm512_loadu_ps(dm + g * 16), m = _mm512_loadu_ps(dm + NB + g * 16);
     for (int64_t r = 0; r < rows; ++r) {
       const __m512 s = _mm512_fmadd_ps(d, _mm512_load_ps(cb + g * 256 + r * 16), _mm512_load_ps(acc + g * 256 + r * 16));
+      _mm512_store_ps(acc + g * 256 + r * 16, _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * nb]), s));
+    }
+  }
+}
+
+// M <= STACK_ROWS rows: C_g row part * M + r = part `part`'s sum for row r, one product per column tile.
+// Tiles: C0..C2 = 0..2 and A = 3 with 3 M rows, B0..B2 = 4..6.
+static inline void block_tiles_stacked(const uint16_t* parts, int64_t M, int64_t b, const uint16_t* bt, float* cb) {
+  _tile_loadd(4, bt, 64);
+  _tile_loadd(5, bt + 512, 64);
+  _tile_loadd(6, bt + 1024, 64);
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_loadd(3, parts + b * 3 * M * QB, 64);
+  _tile_dpbf16ps(0, 3, 4);
+  _tile_dpbf16ps(1, 3, 5);
+  _tile_dpbf16ps(2, 3, 6);
+  _tile_stored(0, cb, 64);
+  _tile_stored(1, cb + 256, 64);
+  _tile_stored(2, cb + 512, 64);
+}
+
+// As scale_block, from block_tiles_stacked's C: acc[g][r] += d_g * ((lo + mid) + hi) + m_g * X[r][b].
+static inline void scale_block_stacked(const float* dm, const float* cb, const float* xs, int64_t nb, int64_t rows,
+                                       float* acc) {
+  for (int g = 0; g < 3; ++g) {
+    const __m512 d = _mm512_loadu_ps(dm + g * 16), m = _mm512_loadu_ps(dm + NB + g * 16);
+    const float* c = cb + g * 256;
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c + (2 * rows + r) * 16), _mm512_load_ps(c + (rows + r) * 16)),
+                                       _mm512_load_ps(c + r * 16));
+      const __m512 s = _mm512_fmadd_ps(d, sum, _mm512_load_ps(acc + g * 256 + r * 16));
       _mm512_store_ps(acc + g * 256 + r * 16, _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * nb]), s));
     }
   }
@@ -527,10 +576,12 @@ static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, 
     const uint8_t* panel = codes + p * panel_bytes;
     for (int64_t r0 = 0; r0 < M; r0 += AMX_ROWS) {
       const int64_t rows = std::min(AMX_ROWS, M - r0);
+      const bool stacked = M <= STACK_ROWS;  // then rows == M: one A tile holds all three parts
       if (rows != configured) {
         TileConfig cfg;
-        for (int t : {0, 1, 2, 3, 7}) cfg.rows[t] = rows, cfg.colsb[t] = 64;  // C: rows x 16 fp32; A: rows x 32 bf16
-        for (int t : {4, 5, 6}) cfg.rows[t] = 16, cfg.colsb[t] = 64;         // B: 16 k pairs x 16 columns x 2
+        const uint8_t tile_rows = static_cast<uint8_t>(stacked ? 3 * rows : rows);
+        for (int t : {0, 1, 2, 3, 7}) cfg.rows[t] = tile_rows, cfg.colsb[t] = 64;  // C: rows x 16 fp32; A: rows x 32 bf16
+        for (int t : {4, 5, 6}) cfg.rows[t] = 16, cfg.colsb[t] = 64;              // B: 16 k pairs x 16 columns x 2
         llmaccel_amx::load_tile_config(cfg);
         configured = rows;
       }
@@ -553,8 +604,13 @@ static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, 
           decode_block_q8_pairs(panel + b * bb, btile);
         else
           decode_block(W, panel + b * bb, btile);
-        block_tiles(parts, nb, M, r0, b, btile, cbuf);
-        scale_block(reinterpret_cast<const float*>(panel + b * bb), cbuf, xs + b, nb, rows, acc);
+        if (stacked) {
+          block_tiles_stacked(parts, M, b, btile, cbuf);
+          scale_block_stacked(reinterpret_cast<const float*>(panel + b * bb), cbuf, xs + b, nb, rows, acc);
+        } else {
+          block_tiles(parts, nb, M, r0, b, btile, cbuf);
+          scale_block(reinterpret_cast<const float*>(panel + b * bb), cbuf, xs + b, nb, rows, acc);
+        }
       }
       for (int g = 0; g < 3; ++g) {
         const int64_t c0 = p * NB + g * 16;
