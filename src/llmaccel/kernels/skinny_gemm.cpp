@@ -479,17 +479,27 @@ static inline void decode_block_q8_pairs(const uint8_t* blk, uint16_t* t /* [3][
 
 static_assert(NB == 48, "the AMX path runs a panel as three 16-column tiles");
 
-// One block of rows [r0, r0 + rows): C_g = sum over the three parts of A_part B_g, stored to cb[g].
-// Tiles: C0..C2 = 0..2, A = 3 and 7 (two parts in flight), B0..B2 = 4..6; the three C chains share
-// each A tile so the tile unit has independent products to overlap.
-static inline void block_tiles(const uint16_t* parts, int64_t nb, int64_t M, int64_t r0, int64_t b,
-                               const uint16_t* bt, float* cb) {
+// A block's three B tiles (4..6) loaded and its C tiles (0..2) zeroed; and the C tiles stored to cb[g].
+static inline void block_tiles_begin(const uint16_t* bt) {
   _tile_loadd(4, bt, 64);
   _tile_loadd(5, bt + 512, 64);
   _tile_loadd(6, bt + 1024, 64);
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
+}
+static inline void block_tiles_end(float* cb) {
+  _tile_stored(0, cb, 64);
+  _tile_stored(1, cb + 256, 64);
+  _tile_stored(2, cb + 512, 64);
+}
+
+// One block of rows [r0, r0 + rows): C_g = sum over the three parts of A_part B_g, stored to cb[g].
+// Tiles: C0..C2 = 0..2, A = 3 and 7 (two parts in flight), B0..B2 = 4..6; the three C chains share
+// each A tile so the tile unit has independent products to overlap.
+static inline void block_tiles(const uint16_t* parts, int64_t nb, int64_t M, int64_t r0, int64_t b,
+                               const uint16_t* bt, float* cb) {
+  block_tiles_begin(bt);
   _tile_loadd(3, parts + part_row(0, b, r0, nb, M) * QB, 64);
   _tile_loadd(7, parts + part_row(1, b, r0, nb, M) * QB, 64);
   _tile_dpbf16ps(0, 3, 4);
@@ -502,9 +512,7 @@ static inline void block_tiles(const uint16_t* parts, int64_t nb, int64_t M, int
   _tile_dpbf16ps(0, 3, 4);
   _tile_dpbf16ps(1, 3, 5);
   _tile_dpbf16ps(2, 3, 6);
-  _tile_stored(0, cb, 64);
-  _tile_stored(1, cb + 256, 64);
-  _tile_stored(2, cb + 512, 64);
+  block_tiles_end(cb);
 }
 
 // acc[g][r] += d_g * C_g[r] + m_g * X[r][b] for one block (dm: its d and m, xs: &X[r0][b]).
@@ -521,19 +529,12 @@ static inline void scale_block(const float* dm, const float* cb, const float* xs
 // M <= STACK_ROWS rows: C_g row part * M + r = part `part`'s sum for row r, one product per column tile.
 // Tiles: C0..C2 = 0..2 and A = 3 with 3 M rows, B0..B2 = 4..6.
 static inline void block_tiles_stacked(const uint16_t* parts, int64_t M, int64_t b, const uint16_t* bt, float* cb) {
-  _tile_loadd(4, bt, 64);
-  _tile_loadd(5, bt + 512, 64);
-  _tile_loadd(6, bt + 1024, 64);
-  _tile_zero(0);
-  _tile_zero(1);
-  _tile_zero(2);
+  block_tiles_begin(bt);
   _tile_loadd(3, parts + b * 3 * M * QB, 64);
   _tile_dpbf16ps(0, 3, 4);
   _tile_dpbf16ps(1, 3, 5);
   _tile_dpbf16ps(2, 3, 6);
-  _tile_stored(0, cb, 64);
-  _tile_stored(1, cb + 256, 64);
-  _tile_stored(2, cb + 512, 64);
+  block_tiles_end(cb);
 }
 
 // As scale_block, from block_tiles_stacked's C: acc[g][r] += d_g * ((lo + mid) + hi) + m_g * X[r][b].
