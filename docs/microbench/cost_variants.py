@@ -13,6 +13,7 @@ with `bench.cost.step_costs`' loop (sizes interleaved per rep); the table gives 
 import argparse
 import functools
 import statistics
+import time
 
 import torch
 
@@ -29,8 +30,6 @@ def step_times(lm, prompt: torch.Tensor, steps, reps: int) -> dict[int, float]:
     cache = lm.new_cache()
     lm.forward(prompt, 0, cache, keep=1)
     times: dict[int, list[float]] = {k: [] for k in SIZES}
-    import time
-
     for r in range(reps + 2):
         for k in SIZES:
             ids = steps(k)

@@ -515,12 +515,19 @@ static inline void block_tiles(const uint16_t* parts, int64_t nb, int64_t M, int
   block_tiles_end(cb);
 }
 
-// acc[g][r] += d_g * C_g[r] + m_g * X[r][b] for one block (dm: its d and m, xs: &X[r0][b]).
+// acc[g][r] += d_g * C_g[r] + m_g * X[r][b] for one block (dm: its d and m, xs: &X[r0][b]). Stacked
+// (block_tiles_stacked's C, part p of row r in C row p * rows + r): C_g[r] = (lo + mid) + hi.
+template <bool Stacked = false>
 static inline void scale_block(const float* dm, const float* cb, const float* xs, int64_t nb, int64_t rows, float* acc) {
   for (int g = 0; g < 3; ++g) {
     const __m512 d = _mm512_loadu_ps(dm + g * 16), m = _mm512_loadu_ps(dm + NB + g * 16);
+    const float* c = cb + g * 256;
     for (int64_t r = 0; r < rows; ++r) {
-      const __m512 s = _mm512_fmadd_ps(d, _mm512_load_ps(cb + g * 256 + r * 16), _mm512_load_ps(acc + g * 256 + r * 16));
+      const __m512 cr = Stacked ? _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c + (2 * rows + r) * 16),
+                                                              _mm512_load_ps(c + (rows + r) * 16)),
+                                                _mm512_load_ps(c + r * 16))
+                                : _mm512_load_ps(c + r * 16);
+      const __m512 s = _mm512_fmadd_ps(d, cr, _mm512_load_ps(acc + g * 256 + r * 16));
       _mm512_store_ps(acc + g * 256 + r * 16, _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * nb]), s));
     }
   }
@@ -528,29 +535,16 @@ static inline void scale_block(const float* dm, const float* cb, const float* xs
 
 // M <= STACK_ROWS rows: C_g row part * M + r = part `part`'s sum for row r, one product per column tile.
 // Tiles: C0..C2 = 0..2 and A = 3 with 3 M rows, B0..B2 = 4..6.
-static inline void block_tiles_stacked(const uint16_t* parts, int64_t M, int64_t b, const uint16_t* bt, float* cb) {
+static inline void block_tiles_stacked(const uint16_t* parts, int64_t nb, int64_t M, int64_t b, const uint16_t* bt,
+                                       float* cb) {
   block_tiles_begin(bt);
-  _tile_loadd(3, parts + b * 3 * M * QB, 64);
+  _tile_loadd(3, parts + part_row(0, b, 0, nb, M) * QB, 64);
   _tile_dpbf16ps(0, 3, 4);
   _tile_dpbf16ps(1, 3, 5);
   _tile_dpbf16ps(2, 3, 6);
   block_tiles_end(cb);
 }
 
-// As scale_block, from block_tiles_stacked's C: acc[g][r] += d_g * ((lo + mid) + hi) + m_g * X[r][b].
-static inline void scale_block_stacked(const float* dm, const float* cb, const float* xs, int64_t nb, int64_t rows,
-                                       float* acc) {
-  for (int g = 0; g < 3; ++g) {
-    const __m512 d = _mm512_loadu_ps(dm + g * 16), m = _mm512_loadu_ps(dm + NB + g * 16);
-    const float* c = cb + g * 256;
-    for (int64_t r = 0; r < rows; ++r) {
-      const __m512 sum = _mm512_add_ps(_mm512_add_ps(_mm512_load_ps(c + (2 * rows + r) * 16), _mm512_load_ps(c + (rows + r) * 16)),
-                                       _mm512_load_ps(c + r * 16));
-      const __m512 s = _mm512_fmadd_ps(d, sum, _mm512_load_ps(acc + g * 256 + r * 16));
-      _mm512_store_ps(acc + g * 256 + r * 16, _mm512_fmadd_ps(m, _mm512_set1_ps(xs[r * nb]), s));
-    }
-  }
-}
 
 // Software prefetch distance of the code stream (into L2). Whole SmolLM2 steps at 300 cached tokens,
 // settings alternating step by step (medians of 75-95): against one panel ahead (20 KB at K = 576,
@@ -573,15 +567,15 @@ static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, 
   int64_t configured = -1;
   for (int64_t off = 0; off < AMX_PF_AHEAD && codes + p0 * panel_bytes + off < stream_end; off += 64)
     __builtin_prefetch(codes + p0 * panel_bytes + off, 0, 2);  // the start of the stream, before it is needed
+  const bool stacked = M <= STACK_ROWS;  // then one row block (rows == M) and one A tile for the three parts
   for (int64_t p = p0; p < p1; ++p) {
     const uint8_t* panel = codes + p * panel_bytes;
     for (int64_t r0 = 0; r0 < M; r0 += AMX_ROWS) {
       const int64_t rows = std::min(AMX_ROWS, M - r0);
-      const bool stacked = M <= STACK_ROWS;  // then rows == M: one A tile holds all three parts
       if (rows != configured) {
         TileConfig cfg;
         const uint8_t tile_rows = static_cast<uint8_t>(stacked ? 3 * rows : rows);
-        for (int t : {0, 1, 2, 3, 7}) cfg.rows[t] = tile_rows, cfg.colsb[t] = 64;  // C: rows x 16 fp32; A: rows x 32 bf16
+        for (int t : {0, 1, 2, 3, 7}) cfg.rows[t] = tile_rows, cfg.colsb[t] = 64;  // C: rows x 16 fp32; A: rows x 32 bf16 (3 rows a row stacked)
         for (int t : {4, 5, 6}) cfg.rows[t] = 16, cfg.colsb[t] = 64;              // B: 16 k pairs x 16 columns x 2
         llmaccel_amx::load_tile_config(cfg);
         configured = rows;
@@ -606,8 +600,8 @@ static void run_panels_amx(const uint16_t* parts, const float* xsum, int64_t M, 
         else
           decode_block(W, panel + b * bb, btile);
         if (stacked) {
-          block_tiles_stacked(parts, M, b, btile, cbuf);
-          scale_block_stacked(reinterpret_cast<const float*>(panel + b * bb), cbuf, xs + b, nb, rows, acc);
+          block_tiles_stacked(parts, nb, M, b, btile, cbuf);
+          scale_block<true>(reinterpret_cast<const float*>(panel + b * bb), cbuf, xs + b, nb, rows, acc);
         } else {
           block_tiles(parts, nb, M, r0, b, btile, cbuf);
           scale_block(reinterpret_cast<const float*>(panel + b * bb), cbuf, xs + b, nb, rows, acc);
