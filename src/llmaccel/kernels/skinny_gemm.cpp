@@ -250,6 +250,87 @@ static void decode_blocks(const Packed& W, const uint8_t* blk, int64_t nb, float
   }
 }
 
+// Rows [0, R) of x (row stride ldx) times a whole panel of code blocks (nb blocks from blk), each k step
+// decoded in registers and used at once: the same w = d q + m and the same FMAs in the same k order as
+// decode_blocks + tile, so the same outputs bit for bit, without the round trip of every decoded weight
+// through the L1 scratch. Accumulators start from bias (NB floats) if given, else zero; the result
+// goes to y (row stride ldy, NB columns).
+// Why: with few rows the scratch path is two dependent halves, a decode loop that stores (~5 vector ops
+// per 8 weights) and a tile loop whose R x NV FMA chains are too few to hide the FMA latency; fused, the
+// decode's independent work fills that latency. AVX2 (Zen 3), SmolLM2-shaped layers, ms a layer
+// (docs/microbench/codes_avx2.cpp, medians of 101 hot / 15 cold): M=1 0.291 -> 0.168 hot, 0.331 ->
+// 0.202 cold; M=2 0.294 -> 0.175; M=3 0.334 -> 0.208; M=4 0.400 -> 0.247. At 5 and 6 rows the two were
+// equal (registers run out), so those keep the scratch.
+template <int R, int Bits>
+static void tile_codes(const float* __restrict x, int64_t ldx, const uint8_t* __restrict blk, int64_t nb,
+                       const float* __restrict bias, float* y, int64_t ldy, const uint8_t* pf_end) {
+  constexpr int64_t bytes = Bits == 4 ? Q4_BYTES : Q8_BYTES;
+  vec acc[R][NV];
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) acc[r][j] = bias ? loadu(bias + j * VL) : vec{};
+  for (int64_t b = 0; b < nb; ++b, blk += bytes, x += QB) {
+    for (int64_t off = 0; off < bytes; off += 64)
+      if (blk + Q_PF_DIST + off < pf_end) __builtin_prefetch(blk + Q_PF_DIST + off, 0, 2);
+    const float* dm = reinterpret_cast<const float*>(blk);
+    const uint8_t* c = blk + 8 * NB;
+    vec d[NV];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) d[j] = loadu(dm + j * VL);
+    for (int64_t kp = 0; kp < QB / 2; ++kp) {
+      vec w0[NV], w1[NV];  // weights of k = 2 kp and 2 kp + 1
+#pragma GCC unroll 4
+      for (int j = 0; j < NV; ++j) {
+        const vec m = loadu(dm + NB + j * VL);
+        if (Bits == 4) {
+          const ivec q = widen<false>(c + kp * NB + j * VL);
+          w0[j] = d[j] * __builtin_convertvector(q & 15, vec) + m;
+          w1[j] = d[j] * __builtin_convertvector(q >> 4, vec) + m;
+        } else {
+          w0[j] = d[j] * __builtin_convertvector(widen<true>(c + 2 * kp * NB + j * VL), vec) + m;
+          w1[j] = d[j] * __builtin_convertvector(widen<true>(c + (2 * kp + 1) * NB + j * VL), vec) + m;
+        }
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const float xs = x[r * ldx + 2 * kp];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[r][j] += w0[j] * xs;
+      }
+#pragma GCC unroll 8
+      for (int r = 0; r < R; ++r) {
+        const float xs = x[r * ldx + 2 * kp + 1];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; ++j) acc[r][j] += w1[j] * xs;
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; ++j) storeu(y + r * ldy + j * VL, acc[r][j]);
+}
+
+constexpr int CODES_FUSED_ROWS = 4;  // up to this many rows, tile_codes (measured above)
+using CodesFn = void (*)(const float*, int64_t, const uint8_t*, int64_t, const float*, float*, int64_t, const uint8_t*);
+static CodesFn tile_codes_for(int rows, int bits) {  // 1 <= rows <= CODES_FUSED_ROWS
+  static constexpr CodesFn q4[] = {&tile_codes<1, 4>, &tile_codes<2, 4>, &tile_codes<3, 4>, &tile_codes<4, 4>};
+  static constexpr CodesFn q8[] = {&tile_codes<1, 8>, &tile_codes<2, 8>, &tile_codes<3, 8>, &tile_codes<4, 8>};
+  static_assert(sizeof(q4) / sizeof(q4[0]) == CODES_FUSED_ROWS, "one instantiation per row count");
+  return (bits == 4 ? q4 : q8)[rows - 1];
+}
+
+// n floats at a 64-byte boundary, inside `store`. The scratch's vector loads and stores must not
+// straddle cache lines: with std::vector's 16-byte alignment half the decode's 32-byte stores and the
+// tiles' loads did, +0.06 ms a SmolLM2 layer at every row count on AVX2 (Zen 3; docs/microbench/
+// codes_avx2.cpp: decode alone 0.153 -> 0.213 ms a layer, hot).
+static float* aligned_floats(std::vector<float>& store, int64_t n) {
+  store.resize(n + 16);
+  const auto a = reinterpret_cast<uintptr_t>(store.data());
+  return store.data() + ((64 - a % 64) % 64) / sizeof(float);
+}
+
 // y = x @ W^T + b for panels [p0, p1) (one thread's share).
 static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, int64_t n,
                        const float* bias, float* y, int64_t p0, int64_t p1) {
@@ -257,9 +338,9 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
   // one fp32 row block: nothing to reuse from L1, no chunking; codes: decoded a chunk at a time
   const int64_t kc = W.q ? KC : nblk == 1 ? K : KC;
   const int64_t panel_floats = K * NB;
-  std::vector<float> cbuf(M * NB);  // partial sums between chunks, and the last partial panel
-  float* c = cbuf.data();
-  std::vector<float> wbuf(W.q ? KC * NB + VL : 0);  // a decoded chunk (24 KB with AVX-512)
+  std::vector<float> cstore, wstore;
+  float* c = aligned_floats(cstore, M * NB);  // partial sums between chunks, and the last partial panel
+  float* wbuf = aligned_floats(wstore, W.q && M > CODES_FUSED_ROWS ? KC * NB + VL : 0);  // a decoded chunk (24 KB with AVX-512)
   const float* packed = W.f32;
   const int64_t panel_bytes = K / QB * W.block_bytes;
   const uint8_t* q_end = W.q ? W.q + p1 * panel_bytes : nullptr;  // end of this thread's code stream
@@ -269,6 +350,25 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
   const char* base = reinterpret_cast<const char*>(packed);
   const int64_t range_end = p1 * panel_floats * static_cast<int64_t>(sizeof(float));
 
+  if (W.q && M <= CODES_FUSED_ROWS) {  // one pass over each panel's blocks, decoded in registers
+    const CodesFn fn = tile_codes_for(static_cast<int>(M), W.bits);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t c0 = p * NB, ncols = std::min<int64_t>(NB, n - c0);
+      const float* b = bias ? bias + c0 : nullptr;
+      if (bias && ncols < NB) {
+        std::memset(bbuf, 0, sizeof(bbuf));
+        std::memcpy(bbuf, bias + c0, ncols * sizeof(float));
+        b = bbuf;
+      }
+      if (ncols == NB) {
+        fn(x, K, W.q + p * panel_bytes, K / QB, b, y + c0, n, q_end);
+      } else {
+        fn(x, K, W.q + p * panel_bytes, K / QB, b, c, NB, q_end);
+        for (int64_t r = 0; r < M; ++r) std::memcpy(y + r * n + c0, c + r * NB, ncols * sizeof(float));
+      }
+    }
+    return;
+  }
   for (int64_t p = p0; p < p1; ++p) {
     const float* w = W.q ? nullptr : packed + p * panel_floats;
     const int64_t c0 = p * NB;
@@ -285,8 +385,8 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
       const int64_t chunk_bytes = kn * NB * static_cast<int64_t>(sizeof(float));
       // The stream position this chunk consumes, plus the prefetch distance.
       const int64_t ahead = (p * panel_floats + k0 * NB) * static_cast<int64_t>(sizeof(float)) + PF_DIST;
-      const float* wk = w ? w + k0 * NB : wbuf.data();
-      if (!w) decode_blocks(W, W.q + p * panel_bytes + k0 / QB * W.block_bytes, kn / QB, wbuf.data(), q_end);
+      const float* wk = w ? w + k0 * NB : wbuf;
+      if (!w) decode_blocks(W, W.q + p * panel_bytes + k0 / QB * W.block_bytes, kn / QB, wbuf, q_end);
       int64_t m0 = 0;
       for (int64_t blk = 0; blk < nblk; ++blk) {
         const int64_t rows = (M - m0) / (nblk - blk);  // balanced split of what is left
