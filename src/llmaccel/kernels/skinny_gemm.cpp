@@ -133,7 +133,18 @@ static void tile(const float* __restrict x, int64_t ldx, const float* __restrict
     const float* wk = w + k * NB;
     vec wv[NV];
 #pragma GCC unroll 4
-    for (int j = 0; j < NV; ++j) wv[j] = loadu(wk + j * VL);
+    for (int j = 0; j < NV; ++j) {
+      wv[j] = loadu(wk + j * VL);
+      // Kept in a register: left to itself GCC folds the load into every FMA of a tile with registers
+      // to spare (R <= 4 with AVX2), R times the loads, and the load ports became the limit. AVX2 (Zen
+      // 3), SmolLM2-shaped layers of codes, hot, ms a layer (docs/microbench/codes_avx2.cpp): M=7 (4 + 3
+      // rows) 0.562 -> 0.429, M=8 (4 + 4) 0.600 -> 0.454; 5, 10, 12 and 16 rows within noise.
+#if defined(__AVX512F__)
+      asm("" : "+v"(wv[j]));  // any of the 32 vector registers
+#else
+      asm("" : "+x"(wv[j]));
+#endif
+    }
 #pragma GCC unroll 8
     for (int r = 0; r < R; ++r) {
       const float xs = x[r * ldx + k];
