@@ -49,7 +49,8 @@
 //   codes[p][b] = d[NB] (fp32) | m[NB] (fp32) | code bytes for the 32 k steps of block b of panel p
 // and decodes one chunk of a panel into an L1 scratch (d * q + m: d * q is exact in fp32, so one
 // rounding, the same as the fp32 value the model holds) before the register tiles run over it as
-// over an fp32 panel. The products and sums are therefore the same as with the fp32 panel, bit for
+// over an fp32 panel; up to CODES_FUSED_ROWS rows it decodes each k step in registers instead
+// (tile_codes). The products and sums are therefore the same as with the fp32 panel, bit for
 // bit. 4-bit codes: byte [kp][j] holds q for k = 2 kp (low nibble) and 2 kp + 1 (high nibble) of
 // output j; 8-bit codes: byte [k][j].
 //
