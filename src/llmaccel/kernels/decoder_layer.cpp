@@ -246,13 +246,13 @@ void silu_block(const float* gu, int64_t I, float* out, int64_t t0, int64_t t1, 
   const Vec one(1.0f);
   // ATen's vectorised loop takes two vectors at a time and leaves the rest of a row (< 2 W elements) to
   // the scalar op with std::exp: the same split here, so a row's tail gets ATen's scalar numbers too.
-  const int64_t vec_end = I / (2 * W) * (2 * W);
+  const int64_t vec_end = std::min(c1, I / (2 * W) * (2 * W));
   for (int64_t t = t0; t < t1; ++t) {
     const float* g = gu + t * 2 * I;
     const float* u = g + I;
     float* o = out + t * I;
     int64_t i = c0;
-    for (; i + W <= std::min(c1, vec_end); i += W) {
+    for (; i + W <= vec_end; i += W) {
       const Vec x = Vec::loadu(g + i);
       (x / (one + x.neg().exp()) * Vec::loadu(u + i)).store(o + i);
     }

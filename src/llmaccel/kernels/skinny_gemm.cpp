@@ -296,7 +296,7 @@ static void tile_codes(const float* __restrict x, int64_t ldx, const uint8_t* __
       vec w0[NV], w1[NV];  // weights of k = 2 kp and 2 kp + 1
 #pragma GCC unroll 4
       for (int j = 0; j < NV; ++j) {
-        const vec m = loadu(dm + NB + j * VL);
+        const vec m = loadu(dm + NB + j * VL);  // from L1 each k pair: at 4 rows no register is left for it
         if (Bits == 4) {
           const ivec q = widen<false>(c + kp * NB + j * VL);
           w0[j] = d[j] * __builtin_convertvector(q & 15, vec) + m;
@@ -353,9 +353,11 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
   // one fp32 row block: nothing to reuse from L1, no chunking; codes: decoded a chunk at a time
   const int64_t kc = W.q ? KC : nblk == 1 ? K : KC;
   const int64_t panel_floats = K * NB;
+  // up to CODES_FUSED_ROWS rows of codes: one pass over each panel's blocks, decoded in registers
+  const CodesFn fused = W.q && M <= CODES_FUSED_ROWS ? tile_codes_for(static_cast<int>(M), W.bits) : nullptr;
   std::vector<float> cstore, wstore;
   float* c = aligned_floats(cstore, M * NB);  // partial sums between chunks, and the last partial panel
-  float* wbuf = aligned_floats(wstore, W.q && M > CODES_FUSED_ROWS ? KC * NB + VL : 0);  // a decoded chunk (24 KB with AVX-512)
+  float* wbuf = aligned_floats(wstore, W.q && !fused ? KC * NB + VL : 0);  // a decoded chunk (24 KB with AVX-512)
   const float* packed = W.f32;
   const int64_t panel_bytes = K / QB * W.block_bytes;
   const uint8_t* q_end = W.q ? W.q + p1 * panel_bytes : nullptr;  // end of this thread's code stream
@@ -365,25 +367,6 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
   const char* base = reinterpret_cast<const char*>(packed);
   const int64_t range_end = p1 * panel_floats * static_cast<int64_t>(sizeof(float));
 
-  if (W.q && M <= CODES_FUSED_ROWS) {  // one pass over each panel's blocks, decoded in registers
-    const CodesFn fn = tile_codes_for(static_cast<int>(M), W.bits);
-    for (int64_t p = p0; p < p1; ++p) {
-      const int64_t c0 = p * NB, ncols = std::min<int64_t>(NB, n - c0);
-      const float* b = bias ? bias + c0 : nullptr;
-      if (bias && ncols < NB) {
-        std::memset(bbuf, 0, sizeof(bbuf));
-        std::memcpy(bbuf, bias + c0, ncols * sizeof(float));
-        b = bbuf;
-      }
-      if (ncols == NB) {
-        fn(x, K, W.q + p * panel_bytes, K / QB, b, y + c0, n, q_end);
-      } else {
-        fn(x, K, W.q + p * panel_bytes, K / QB, b, c, NB, q_end);
-        for (int64_t r = 0; r < M; ++r) std::memcpy(y + r * n + c0, c + r * NB, ncols * sizeof(float));
-      }
-    }
-    return;
-  }
   for (int64_t p = p0; p < p1; ++p) {
     const float* w = W.q ? nullptr : packed + p * panel_floats;
     const int64_t c0 = p * NB;
@@ -394,7 +377,8 @@ static void run_panels(const float* x, int64_t M, int64_t K, const Packed& W, in
       std::memcpy(bbuf, bias + c0, ncols * sizeof(float));
       b = bbuf;
     }
-    for (int64_t k0 = 0; k0 < K; k0 += kc) {
+    if (fused) fused(x, K, W.q + p * panel_bytes, K / QB, b, ncols == NB ? y + c0 : c, ncols == NB ? n : NB, q_end);
+    for (int64_t k0 = 0; !fused && k0 < K; k0 += kc) {
       const int64_t kn = std::min(kc, K - k0);
       const bool first = k0 == 0, last = k0 + kn == K;
       const int64_t chunk_bytes = kn * NB * static_cast<int64_t>(sizeof(float));
