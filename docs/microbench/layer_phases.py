@@ -66,8 +66,8 @@ PhaseStats phase_stats;
     out = []
     for ln in s[a:b].split("\n"):
         out.append(ln)
-        if ln.strip().startswith(("#pragma omp barrier", "amx_panels(", "rope_and_cache(", "silu_block(gu, I, act, 0, T, j0",
-                                  "tile_attention_part(", "rows = amx_split", "llmaccel_gemm::AmxRows rows")):
+        if ln.strip().startswith(("#pragma omp barrier", "run_panel_range(", "rope_and_cache(", "silu_block(gu, I, act, 0, T, j0",
+                                  "tile_attention_part(", "rows = prepare_rows", "llmaccel_gemm::PanelRows rows")):
             out.append("    STAMP")
     out.append("#pragma omp barrier\n    STAMP\n    if (t == 0) ++phase_stats.n;")
     return s[:a] + "\n".join(out) + s[b:]

@@ -478,31 +478,36 @@ void check(const torch::Tensor& t, const char* name) {
 // layer and thread): norm, split and q/k/v 48, RoPE and cache 4, attention 81, o 33, gate/up and SiLU
 // 130, down 72, barriers ~15 in all: the linears and the attention themselves, not waiting, are what
 // a 16-token step costs more.
+// Since session 24 it runs on every path of the kernel, not only AMX: on an AVX2 CPU (Zen 3, code blocks
+// through the vector kernel) the op-by-op layer opened five parallel regions a layer and allocated five
+// tensors. Whole steps against the op-by-op build, alternating in one process (two runs, medians of 150
+// / 120): k=1 0.943x / 0.971x, k=2 0.922x, k=3 0.943x, k=4 0.973x, k=6 0.924x, k=8 0.973x, k=16 1.043x
+// / 0.981x (noise).
 bool fused_on = true;  // skinny.fused_layer() turns it off, to compare and to test
 std::atomic<int64_t> fused_runs{0};  // layer calls that took the fused path (for the tests)
 
 struct FusedMats {
-  llmaccel_gemm::AmxMatrix qkv, o, gu, down;
+  llmaccel_gemm::PanelMatrix qkv, o, gu, down;
 };
 
-// Whether the fused layer can run this step (every linear on the AMX path, the attention one of ours,
-// not already inside a parallel region); if so fills m.
+// Whether the fused layer can run this step (every linear a matrix pack() made, on whichever path the
+// kernel takes for T rows; the attention one of ours; not already inside a parallel region); if so fills m.
 bool fused_ready(const torch::Tensor& qkv_packed, int64_t qkv_n, const float* qkv_bias, const torch::Tensor& o_packed,
                  int64_t H, const torch::Tensor& gu_packed, int64_t gu_n, const torch::Tensor& down_packed, int64_t T,
                  int64_t hq, int64_t D, int64_t small_attention_max_t, FusedMats* m) {
-  using llmaccel_gemm::amx_matrix;
+  using llmaccel_gemm::panel_matrix;
   if (!fused_on || at::in_parallel_region() || gu_n % 2) return false;
   if (T > small_attention_max_t && !(step_tiles && D % AVL == 0)) return false;  // SDPA: the unfused path
-  return amx_matrix(qkv_packed, qkv_n, T, qkv_bias, &m->qkv) && amx_matrix(o_packed, H, T, nullptr, &m->o) &&
-         amx_matrix(gu_packed, gu_n, T, nullptr, &m->gu) && amx_matrix(down_packed, H, T, nullptr, &m->down) &&
+  return panel_matrix(qkv_packed, qkv_n, T, qkv_bias, &m->qkv) && panel_matrix(o_packed, H, T, nullptr, &m->o) &&
+         panel_matrix(gu_packed, gu_n, T, nullptr, &m->gu) && panel_matrix(down_packed, H, T, nullptr, &m->down) &&
          m->qkv.K == H && m->o.K == hq * D && m->gu.K == H && m->down.K == gu_n / 2;
 }
 
 void fused_layer(const FusedMats& m, float* hp, const float* ln1, const float* ln2, const float* cp, const float* sp,
                  float* kp, float* vp, int64_t cap, int64_t start, const bool* mask, int64_t T, int64_t H, int64_t hq,
                  int64_t hkv, int64_t D, float eps, float scale, int64_t small_attention_max_t) {
-  using llmaccel_gemm::amx_panels;
-  using llmaccel_gemm::amx_split;
+  using llmaccel_gemm::prepare_rows;
+  using llmaccel_gemm::run_panel_range;
   const int64_t qkv_n = m.qkv.n, I = m.gu.n / 2, S = start + T, heads = hq + 2 * hkv;
   const bool small = T <= small_attention_max_t;
   // shared buffers, kept per calling thread: every element is written before it is read
@@ -536,8 +541,8 @@ void fused_layer(const FusedMats& m, float* hp, const float* ln1, const float* l
 
     // attention block: q, k, v
     rms_norm(hp, ln1, xn, T, H, eps);
-    llmaccel_gemm::AmxRows rows = amx_split(xn, T, H);
-    amx_panels(m.qkv, rows, qkv, lo(m.qkv.panels), hi(m.qkv.panels), false);
+    llmaccel_gemm::PanelRows rows = prepare_rows(m.qkv, xn, T, H);
+    run_panel_range(m.qkv, rows, qkv, lo(m.qkv.panels), hi(m.qkv.panels), false);
 #pragma omp barrier
     rope_and_cache(qkv, qkv_n, kp, vp, cap, start, cp, sp, hq, hkv, D, lo(T * heads), hi(T * heads));
 #pragma omp barrier
@@ -551,19 +556,19 @@ void fused_layer(const FusedMats& m, float* hp, const float* ln1, const float* l
     }
 #pragma omp barrier
     // o, added to h
-    rows = amx_split(a, T, hq * D);
-    amx_panels(m.o, rows, hp, lo(m.o.panels), hi(m.o.panels), true);
+    rows = prepare_rows(m.o, a, T, hq * D);
+    run_panel_range(m.o, rows, hp, lo(m.o.panels), hi(m.o.panels), true);
 #pragma omp barrier
     // MLP block: gate and up, SiLU
     rms_norm(hp, ln2, xn, T, H, eps);
-    rows = amx_split(xn, T, H);
+    rows = prepare_rows(m.gu, xn, T, H);
     if (paired) {
       const int64_t half = m.gu.panels / 2, j0 = lo(half), j1 = hi(half);
-      amx_panels(m.gu, rows, gu, j0, j1, false);
-      amx_panels(m.gu, rows, gu, half + j0, half + j1, false);
+      run_panel_range(m.gu, rows, gu, j0, j1, false);
+      run_panel_range(m.gu, rows, gu, half + j0, half + j1, false);
       silu_block(gu, I, act, 0, T, j0 * NB, j1 * NB);
     } else {
-      amx_panels(m.gu, rows, gu, lo(m.gu.panels), hi(m.gu.panels), false);
+      run_panel_range(m.gu, rows, gu, lo(m.gu.panels), hi(m.gu.panels), false);
 #pragma omp barrier
       constexpr int64_t W = at::vec::Vectorized<float>::size();
       const int64_t c0 = lo(I) / W * W, c1 = t + 1 == nth ? I : hi(I) / W * W;
@@ -571,8 +576,8 @@ void fused_layer(const FusedMats& m, float* hp, const float* ln1, const float* l
     }
 #pragma omp barrier
     // down, added to h
-    rows = amx_split(act, T, I);
-    amx_panels(m.down, rows, hp, lo(m.down.panels), hi(m.down.panels), true);
+    rows = prepare_rows(m.down, act, T, I);
+    run_panel_range(m.down, rows, hp, lo(m.down.panels), hi(m.down.panels), true);
   }
 }
 

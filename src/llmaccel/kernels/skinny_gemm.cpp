@@ -735,30 +735,44 @@ static bool amx_for(int bits, int64_t M) {
 
 // x (M, K) split into this thread's bf16 parts and block sums, in buffers kept per thread (every
 // element written each call); valid until the thread's next call.
-static llmaccel_gemm::AmxRows thread_split(const float* x, int64_t M, int64_t K) {
+static llmaccel_gemm::PanelRows thread_split(const float* x, int64_t M, int64_t K) {
   thread_local std::vector<uint16_t> parts_buf;
   thread_local std::vector<float> xsum_buf;
   if (parts_buf.size() < static_cast<size_t>(3 * M * K)) parts_buf.resize(3 * M * K);
   if (xsum_buf.size() < static_cast<size_t>(M * (K / QB))) xsum_buf.resize(M * (K / QB));
   split_bf16(x, M, K, parts_buf.data(), xsum_buf.data());  // xsum: X[r][b], the block sums of x
-  return {parts_buf.data(), xsum_buf.data(), M, K};
+  return {x, parts_buf.data(), xsum_buf.data(), M, K};
 }
 #endif
 
 }  // namespace
 
-// ---- the AMX path one thread at a time (skinny_gemm.h) ------------------------------------------
+// ---- the kernel one thread at a time (skinny_gemm.h) ---------------------------------------------
 
-bool llmaccel_gemm::amx_matrix(const torch::Tensor& packed, int64_t n, int64_t M, const float* bias, AmxMatrix* out) {
-#ifdef LLMACCEL_AMX
+bool llmaccel_gemm::panel_matrix(const torch::Tensor& packed, int64_t n, int64_t M, const float* bias, PanelMatrix* out) {
   Packed W;
   int64_t K = 0, panels = 0;
-  if (!code_blocks(packed, &W, &K, &panels) || n <= 0 || n > panels * NB || n <= (panels - 1) * NB ||
-      !amx_for(W.bits, M))
+  if (packed.scalar_type() == torch::kByte) {
+    if (!code_blocks(packed, &W, &K, &panels)) return false;
+  } else if (packed.dim() == 3 && packed.is_contiguous() && packed.device().is_cpu() && packed.size(2) == NB &&
+             packed.scalar_type() == torch::kFloat) {
+    W.f32 = packed.data_ptr<float>();
+    K = packed.size(1);
+    panels = packed.size(0);
+  } else {
     return false;
+  }
+  if (n <= 0 || n > panels * NB || n <= (panels - 1) * NB || K == 0) return false;
+  out->f32 = W.f32;
   out->q = W.q;
   out->qa = W.qa;
   out->bits = W.bits;
+#ifdef LLMACCEL_AMX
+  out->amx = W.q && amx_for(W.bits, M);
+#else
+  (void)M;
+  out->amx = false;
+#endif
   out->block_bytes = W.block_bytes;
   out->K = K;
   out->n = n;
@@ -766,32 +780,46 @@ bool llmaccel_gemm::amx_matrix(const torch::Tensor& packed, int64_t n, int64_t M
   out->panel_width = NB;
   out->bias = bias;
   return true;
-#else
-  (void)packed, (void)n, (void)M, (void)bias, (void)out;
-  return false;
-#endif
 }
 
-llmaccel_gemm::AmxRows llmaccel_gemm::amx_split(const float* x, int64_t M, int64_t K) {
+llmaccel_gemm::PanelRows llmaccel_gemm::prepare_rows(const PanelMatrix& m, const float* x, int64_t M, int64_t K) {
 #ifdef LLMACCEL_AMX
-  return thread_split(x, M, K);
-#else
-  (void)x;
-  return {nullptr, nullptr, M, K};
+  if (m.amx) {
+    const llmaccel_gemm::PanelRows r = thread_split(x, M, K);
+    return {x, r.parts, r.xsum, M, K};
+  }
 #endif
+  (void)m;
+  return {x, nullptr, nullptr, M, K};
 }
 
-void llmaccel_gemm::amx_panels(const AmxMatrix& m, const AmxRows& x, float* y, int64_t p0, int64_t p1, bool add) {
-#ifdef LLMACCEL_AMX
+void llmaccel_gemm::run_panel_range(const PanelMatrix& m, const PanelRows& x, float* y, int64_t p0, int64_t p1,
+                                    bool add) {
+  if (p0 >= p1) return;
   Packed W;
+  W.f32 = m.f32;
   W.q = m.q;
   W.qa = m.qa;
   W.bits = m.bits;
   W.block_bytes = m.block_bytes;
-  if (p0 < p1) run_panels_amx(x.parts, x.xsum, x.M, m.K, W, m.n, m.bias, y, p0, p1, add);
-#else
-  (void)m, (void)x, (void)y, (void)p0, (void)p1, (void)add;
+#ifdef LLMACCEL_AMX
+  if (m.amx) {
+    run_panels_amx(x.parts, x.xsum, x.M, m.K, W, m.n, m.bias, y, p0, p1, add);
+    return;
+  }
 #endif
+  if (!add) {
+    run_panels(x.x, x.M, m.K, W, m.n, m.bias, y, p0, p1);
+    return;
+  }
+  // y += x W^T: the product into this thread's buffer, then added, as the op-by-op layer adds the
+  // linear's output tensor to h (the same two roundings)
+  thread_local std::vector<float> buf;
+  buf.resize(x.M * m.n);
+  run_panels(x.x, x.M, m.K, W, m.n, m.bias, buf.data(), p0, p1);
+  const int64_t c0 = p0 * NB, c1 = std::min(p1 * NB, m.n);
+  for (int64_t r = 0; r < x.M; ++r)
+    for (int64_t c = c0; c < c1; ++c) y[r * m.n + c] += buf[r * m.n + c];
 }
 
 // x (..., K) -> (..., n). Argument errors raise ValueError in Python (TORCH_CHECK_VALUE).
@@ -851,7 +879,7 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
 #pragma omp parallel num_threads(nt)
     {
       const int64_t t = omp_get_thread_num(), T = omp_get_num_threads();
-      const llmaccel_gemm::AmxRows rows = thread_split(xp, M, K);
+      const llmaccel_gemm::PanelRows rows = thread_split(xp, M, K);
       run_panels_amx(rows.parts, rows.xsum, M, K, W, n, bptr, yp, npanels * t / T, npanels * (t + 1) / T);
     }
     return y;
