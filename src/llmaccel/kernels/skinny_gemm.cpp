@@ -232,6 +232,19 @@ static bool code_blocks(const torch::Tensor& packed, Packed* W, int64_t* K, int6
   return true;
 }
 
+// The weights in `packed`, any layout pack() makes: fp32 panels [P, K, NB] or code blocks (code_blocks).
+// Fills W, K and the panel count; false for anything else.
+static bool packed_weights(const torch::Tensor& packed, Packed* W, int64_t* K, int64_t* panels) {
+  if (packed.scalar_type() == torch::kByte) return code_blocks(packed, W, K, panels);
+  if (packed.dim() != 3 || !packed.is_contiguous() || !packed.device().is_cpu() || packed.size(2) != NB ||
+      packed.scalar_type() != torch::kFloat)
+    return false;
+  W->f32 = packed.data_ptr<float>();
+  *K = packed.size(1);
+  *panels = packed.size(0);
+  return true;
+}
+
 // Decodes code blocks [b0, b0 + nb) of one panel into w (nb * QB x NB floats, row k at k * NB).
 static void decode_blocks(const Packed& W, const uint8_t* blk, int64_t nb, float* w, const uint8_t* pf_end) {
   for (int64_t b = 0; b < nb; ++b, blk += W.block_bytes, w += QB * NB) {
@@ -752,16 +765,7 @@ static llmaccel_gemm::PanelRows thread_split(const float* x, int64_t M, int64_t 
 bool llmaccel_gemm::panel_matrix(const torch::Tensor& packed, int64_t n, int64_t M, const float* bias, PanelMatrix* out) {
   Packed W;
   int64_t K = 0, panels = 0;
-  if (packed.scalar_type() == torch::kByte) {
-    if (!code_blocks(packed, &W, &K, &panels)) return false;
-  } else if (packed.dim() == 3 && packed.is_contiguous() && packed.device().is_cpu() && packed.size(2) == NB &&
-             packed.scalar_type() == torch::kFloat) {
-    W.f32 = packed.data_ptr<float>();
-    K = packed.size(1);
-    panels = packed.size(0);
-  } else {
-    return false;
-  }
+  if (!packed_weights(packed, &W, &K, &panels)) return false;
   if (n <= 0 || n > panels * NB || n <= (panels - 1) * NB || K == 0) return false;
   out->f32 = W.f32;
   out->q = W.q;
@@ -784,10 +788,7 @@ bool llmaccel_gemm::panel_matrix(const torch::Tensor& packed, int64_t n, int64_t
 
 llmaccel_gemm::PanelRows llmaccel_gemm::prepare_rows(const PanelMatrix& m, const float* x, int64_t M, int64_t K) {
 #ifdef LLMACCEL_AMX
-  if (m.amx) {
-    const llmaccel_gemm::PanelRows r = thread_split(x, M, K);
-    return {x, r.parts, r.xsum, M, K};
-  }
+  if (m.amx) return thread_split(x, M, K);
 #endif
   (void)m;
   return {x, nullptr, nullptr, M, K};
@@ -828,17 +829,9 @@ torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& pack
                      const c10::optional<torch::Tensor>& bias_in) {
   Packed W;
   int64_t K = 0, npanels = 0;
-  const bool codes = packed.scalar_type() == torch::kByte;
-  TORCH_CHECK_VALUE(codes ? code_blocks(packed, &W, &K, &npanels)
-                          : packed.dim() == 3 && packed.is_contiguous() && packed.device().is_cpu() &&
-                                packed.size(2) == NB && packed.scalar_type() == torch::kFloat,
+  TORCH_CHECK_VALUE(packed_weights(packed, &W, &K, &npanels),
                     "skinny linear: packed must come from pack() (fp32 CPU [P, K, ", NB,
                     "] or uint8 code blocks [P, K/32, ", Q4_BYTES, " or ", Q8_BYTES, "] or [2, P, K/32, bytes]), got ", packed.sizes(), " ", packed.scalar_type());
-  if (!codes) {
-    W.f32 = packed.data_ptr<float>();
-    K = packed.size(1);
-    npanels = packed.size(0);
-  }
   TORCH_CHECK_VALUE(x_in.dim() >= 1 && x_in.size(-1) == K && x_in.device().is_cpu(),
                     "skinny linear: x must be a CPU tensor (..., ", K, "), got ", x_in.sizes());
   TORCH_CHECK_VALUE(n >= 0 && n <= npanels * NB && (npanels == 0 || n > (npanels - 1) * NB),
