@@ -266,3 +266,44 @@ def test_fused_layer_equals_op_by_op_bitwise(arch, intermediate, codes):
     finally:
         skinny.fused_layer(True)
     assert skinny.fused_layer_runs() - runs == 14 * 2  # every fused-on step, both layers, took the fused path
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_rope_table_rows_equal_the_module(arch):
+    """lean's RoPE table gives, for any step's positions, the rows the model's rotary module gives for
+    them, bit for bit (a step looks the rows up instead of running the module)."""
+    fast, _ = _pair(arch)
+    table, rotary = fast.stack.rope, fast.stack.rotary
+    assert table is not None and table.cos.shape[0] == fast.max_context
+    g = torch.Generator().manual_seed(3)
+    for T in (1, 3, 16):
+        pos = torch.randint(0, fast.max_context, (T,), generator=g)
+        cos, sin = rotary(pos[None])
+        assert torch.equal(table.cos[pos], cos[0]) and torch.equal(table.sin[pos], sin[0])
+
+
+def test_rope_table_only_for_position_only_rope():
+    from llmaccel import models
+
+    cfg = _config("llama")
+    assert models._static_rope(cfg)
+    cfg.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
+    assert not models._static_rope(cfg)
+
+    def depends_on_length(positions):  # a module whose rows change with the call's length
+        c = positions[..., None].float().expand(-1, -1, 4) / positions.shape[-1]
+        return c, c
+
+    assert lean.rope_table(depends_on_length, 64) is None
+
+
+def test_rms_norm_rows():
+    from llmaccel.kernels import skinny
+
+    if not skinny.available():
+        pytest.skip("the kernel cannot be built here")
+    x, w = torch.randn(5, 576), torch.randn(576)
+    out = skinny.rms_norm_rows(x, w, 1e-5)
+    torch.testing.assert_close(out, torch.nn.functional.rms_norm(x, (576,), w, 1e-5), rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="rms_norm_rows"):
+        skinny.rms_norm_rows(x, torch.randn(7), 1e-5)

@@ -10,12 +10,14 @@ per step instead of per layer, the final norm and LM head only on the rows whose
 Two layers, one arithmetic:
 - the Python layer (prefill, steps of more than SKINNY_MAX_ROWS tokens, and wherever the kernels
   cannot be built): every op computes what transformers' module computes, in the same order and
-  precision (RoPE cos/sin come from the model's own rotary module; attention is
+  precision (RoPE cos/sin come from the model's own rotary module, through a table of its rows
+  checked equal bit for bit; attention is
   `attention.grouped_attention`, the function the module path uses), so the logits equal the module
   path's bit for bit (tested on tiny Llama/Qwen2/Mistral and on SmolLM2);
 - the C++ layer (`kernels/decoder_layer.cpp`, `Stack.native`) for decoding steps: the same formulas
-  with one call per layer instead of ~20 (a 1-token step of SmolLM2 ~31 -> ~25 ms); equal to the
-  Python layer to fp32 rounding, same greedy tokens (tested).
+  with one call per layer instead of ~20 (a 1-token step of SmolLM2 ~31 -> ~25 ms), and the final
+  norm as the C++ layer computes its norms; equal to the Python layer to fp32 rounding, same greedy
+  tokens (tested).
 The module path stays the reference and the fallback for other architectures (Gemma-3, GPT-2, ...).
 
 Pure torch over plain tensors: models.py reads the weights out of the transformers model into
@@ -89,6 +91,32 @@ class Layer:
 
 
 @dataclass
+class RopeTable:
+    """RoPE's cos and sin (N, D) for positions 0..N-1, from the model's own rotary module (`rope_table`).
+
+    Why: the module is nine ATen ops a step (arange, matmul, cat, cos, sin, ...); after a step's weights
+    have streamed through the caches their code and data are cold, and they took ~180 us of a ~11 ms
+    1-token step of SmolLM2 (torch.profiler). A lookup is one op per table.
+    """
+
+    cos: torch.Tensor  # (N, D)
+    sin: torch.Tensor  # (N, D)
+
+
+def rope_table(rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], n: int) -> RopeTable | None:
+    """The table of `rotary` ((1, T) positions -> cos, sin (1, T, D)) for positions 0..n-1, or None if some
+    probed position's own call does not give its row bit for bit (a module whose output depends on the
+    other positions of the call)."""
+    cos, sin = rotary(torch.arange(n)[None])  # (1, n, D)
+    table = RopeTable(cos[0].contiguous(), sin[0].contiguous())
+    for probe in (torch.tensor([[0]]), torch.tensor([[n - 1]]), torch.arange(n // 2, n // 2 + 5)[None]):
+        c, s = rotary(probe)
+        if not (torch.equal(c[0], table.cos[probe[0]]) and torch.equal(s[0], table.sin[probe[0]])):
+            return None
+    return table
+
+
+@dataclass
 class Stack:
     embed: torch.Tensor  # (V, H)
     layers: list[Layer]
@@ -103,6 +131,7 @@ class Stack:
     native: bool = False  # steps of few rows run each layer in C++ (kernels/decoder_layer.cpp)
     small_attention_max_t: int = SMALL_ATTENTION_MAX_T
     argmax_head: tuple[torch.Tensor, torch.Tensor] | None = None  # skinny.pack_argmax_head(head weight), or None
+    rope: RopeTable | None = None  # cos, sin of the first positions; `rotary` beyond them, or if None
 
 
 def step_mask(
@@ -157,15 +186,20 @@ def forward(
     argmax: bool = False,  # return each kept row's greedy choice instead of its logits
 ) -> torch.Tensor:  # (rows kept, V) logits, or (rows kept,) int64 token ids with argmax=True
     T = ids.shape[0]
-    cos, sin = stack.rotary(positions[None])  # (1, T, D) each
+    if stack.rope is not None and start + T <= stack.rope.cos.shape[0]:  # positions < start + T
+        cos, sin = stack.rope.cos.index_select(0, positions), stack.rope.sin.index_select(0, positions)  # (T, D)
+    else:
+        cos, sin = (c[0].contiguous() for c in stack.rotary(positions[None]))  # (T, D) each
     # one mask per window length (full layers: None), shared by the layers that use it
     masks = {} if prefill is not None else {w: step_mask(start, positions, block, w) for w in {l.window for l in stack.layers}}
     h = F.embedding(ids, stack.embed)  # (T, H)
     if prefill is None and start > 0 and stack.native and T <= SKINNY_MAX_ROWS and _native_cache(cache, len(stack.layers)):
-        _native_layers(stack, h, cos[0].contiguous(), sin[0].contiguous(), start, cache, masks)
+        _native_layers(stack, h, cos, sin, start, cache, masks)
+        # the final norm as the C++ layer normalises (skinny.rms_norm_rows says why not F.rms_norm)
+        h = skinny.rms_norm_rows(h[keep], stack.norm, stack.eps)  # (rows kept, H)
     else:
-        h = _python_layers(stack, h, cos[0, :, None], sin[0, :, None], cache, masks, prefill)
-    h = F.rms_norm(h[keep], h.shape[-1:], stack.norm, stack.eps)  # (rows kept, H)
+        h = _python_layers(stack, h, cos[:, None], sin[:, None], cache, masks, prefill)
+        h = F.rms_norm(h[keep], h.shape[-1:], stack.norm, stack.eps)  # (rows kept, H)
     if argmax:
         return greedy_head(stack, h)
     return stack.head(h)  # (rows kept, V)

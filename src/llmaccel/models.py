@@ -327,6 +327,15 @@ def _max_context(config) -> int:
     return 2048
 
 
+ROPE_TABLE_MAX = 16384  # positions in lean's RoPE table (SmolLM2's 8k context: 4 MB); the module beyond
+
+
+def _static_rope(cfg) -> bool:
+    """Whether RoPE's cos and sin depend on the position alone (no rescaling by the sequence's length)."""
+    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
+    return isinstance(rope, dict) and rope.get("rope_type", rope.get("type", "default")) in ("default", "llama3", "linear")
+
+
 LEAN_MODEL_TYPES = ("llama", "mistral", "qwen2")  # decoder stacks lean.py computes exactly as transformers does
 
 
@@ -370,6 +379,9 @@ def _lean_stack(model) -> lean.Stack | None:
     def rotary(positions: torch.Tensor):  # (1, T) -> cos, sin (1, T, D), from the model's own module
         return inner.rotary_emb(inner.norm.weight, position_ids=positions)
 
+    # a table of the first positions where the rotary embedding depends on the position alone
+    rope = lean.rope_table(rotary, min(_max_context(cfg), ROPE_TABLE_MAX)) if _static_rope(cfg) else None
+
     return lean.Stack(
         embed=inner.embed_tokens.weight.detach(),
         layers=layers,
@@ -381,6 +393,7 @@ def _lean_stack(model) -> lean.Stack | None:
         head_dim=a0.head_dim,
         scaling=float(a0.scaling),
         rotary=rotary,
+        rope=rope,
         native=use_skinny and a0.head_dim % 2 == 0,
         # greedy steps take the argmax through an int8 copy of the head (28 MB for SmolLM2) and exact
         # float64 logits for the few tokens its error bound leaves open
@@ -432,8 +445,7 @@ def _graphable(model, capacity: int) -> bool:
         return False
     if getattr(cfg, "use_sliding_window", False) or set(getattr(cfg, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
         return False
-    rope = getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {}
-    if not isinstance(rope, dict) or rope.get("rope_type", rope.get("type", "default")) not in ("default", "llama3", "linear"):
+    if not _static_rope(cfg):
         return False  # dynamic / long-rope scaling reads the positions on the host
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads

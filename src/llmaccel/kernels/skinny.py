@@ -332,6 +332,11 @@ def silu_mul(gu: torch.Tensor) -> torch.Tensor:
     return (_ext or _load()).silu_mul(gu)
 
 
+def rms_norm_rows(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """x (T, H) fp32 normalised per row and scaled by w (H,), as the C++ layer normalises its inputs."""
+    return (_ext or _load()).rms_norm_rows(x, w, eps)
+
+
 def llama_layer(*args) -> None:
     """One Llama-family decoder layer for a decoding step, in place (decoder_layer.cpp has the contract)."""
     (_ext or _load()).llama_layer(*args)

@@ -919,6 +919,7 @@ bool step_attention_tiles(bool on);
 bool fused_layer_switch(bool on);
 int64_t fused_layer_runs();
 torch::Tensor silu_mul(const torch::Tensor& gu);
+torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps);
 
 // sparse_attention.cpp
 std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
@@ -949,6 +950,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("argmax_head", &argmax_head, "argmax of x @ w^T per row through an int8 copy of w and a bound; -1 where undecided");
   m.def("has_argmax_head", &has_argmax_head, "whether argmax_head decides rows on this CPU (AMX int8)");
   m.def("panel_width", &panel_width, "NB: output features per packed panel");
+  m.def("rms_norm_rows", &rms_norm_rows, "x (T, H) normalised per row and scaled by w, as the C++ layer normalises");
   m.def("silu_mul", &silu_mul, "silu(gate) * up for gu (T, 2 I) = [gate | up], as the C++ layer computes it");
   m.def("has_amx", &has_amx, "whether this build and CPU have the AMX path for code-block weights");
   m.def("use_amx", &use_amx, "AMX tiles for code-block weights on/off; returns whether they are used");
