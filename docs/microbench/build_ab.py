@@ -1,7 +1,8 @@
 """Whole greedy steps of SmolLM2 with the kernels of two source trees, alternating step by step in one
 process: the running package's own extension ("this") and the other tree's ("other", built from its own
 sources under its own hash), swapped under `skinny._ext` before each step, so the machine's drift hits
-both alike. Both must pack weights the same way. Asserts that both give the same tokens every step.
+both alike. Both must pack weights the same way, and the other tree's extension must have every function
+this tree's Python calls (since session 25, `rms_norm_rows`). Asserts that both give the same tokens every step.
 
     git worktree add /tmp/old <commit>
     .venv/bin/python docs/microbench/build_ab.py /tmp/old/src [--sizes 1,4,16] [--reps 150] [--context 300] [--fp32]
@@ -12,14 +13,14 @@ this/other.
 import argparse
 import functools
 import importlib.util
-import statistics
-import time
 from pathlib import Path
 
 import torch
 
 import llmaccel
 from llmaccel.kernels import skinny
+
+from ab import alternate
 
 ap = argparse.ArgumentParser()
 ap.add_argument("other")
@@ -41,27 +42,13 @@ if args.fp32:
 lm = llmaccel.load("smollm2-135m")
 skinny.pack = pack
 
-g = torch.Generator().manual_seed(0)
-ctx = args.context
-cache = lm.new_cache()
-lm.forward(torch.randint(0, lm.vocab_size, (1, ctx), generator=g), 0, cache, keep=1)
 sizes = [int(k) for k in args.sizes.split(",")]
-times: dict[tuple[int, str], list[float]] = {}
-for rep in range(args.reps + 5):
-    for k in sizes:
-        ids = torch.randint(0, lm.vocab_size, (1, k), generator=g)
-        outs = {}
-        for label in ("this", "other") if rep % 2 else ("other", "this"):
-            skinny._ext = ext[label]
-            t = time.perf_counter()
-            outs[label] = lm.greedy(ids, ctx, cache, keep=k)
-            dt = time.perf_counter() - t
-            cache.rollback_to(ctx)
-            if rep >= 5:  # warm-up
-                times.setdefault((k, label), []).append(dt)
-        assert outs["this"] == outs["other"], (k, outs)
+medians, differ = alternate(lm, {"this": lambda: setattr(skinny, "_ext", ext["this"]),
+                                 "other": lambda: setattr(skinny, "_ext", ext["other"])},
+                            sizes, args.reps, args.context)
 skinny._ext = ext["this"]
+assert differ == 0, f"the two builds' tokens differed in {differ} steps"
 print("| k | other ms | this ms | this / other |\n|---:|---:|---:|---:|")
 for k in sizes:
-    o, t = statistics.median(times[(k, "other")]), statistics.median(times[(k, "this")])
+    o, t = medians[(k, "other")], medians[(k, "this")]
     print(f"| {k} | {o * 1e3:.2f} | {t * 1e3:.2f} | {t / o:.3f} |")
