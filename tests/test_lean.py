@@ -283,12 +283,12 @@ def test_rope_table_rows_equal_the_module(arch):
 
 
 def test_rope_table_only_for_position_only_rope():
-    from llmaccel import models
+    from llmaccel.models.config import static_rope
 
     cfg = _config("llama")
-    assert models._static_rope(cfg)
+    assert static_rope(cfg)
     cfg.rope_parameters = {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0}
-    assert not models._static_rope(cfg)
+    assert not static_rope(cfg)
 
     def depends_on_length(positions):  # a module whose rows change with the call's length
         c = positions[..., None].float().expand(-1, -1, 4) / positions.shape[-1]

@@ -1,0 +1,105 @@
+"""The one package that talks to transformers; everything else in llmaccel sees `LoadedModel`.
+
+    sources.py       the aliases of the shipped models; a name or path -> a folder transformers loads
+    gguf_cache.py    a GGUF file's one-time conversion to a safetensors folder in the cache
+    config.py        what we read from a model's config: context length, stop ids, RoPE kind, CUDA-graph fit
+    lean_weights.py  a Llama-family model's weights as lean.py's Stack, with its RoPE table
+    adapter.py       LoadedModel: the forward the engine calls
+    errors.py        ModelLoadError
+    here             load(), wrap(), load_reference_model(), load_tokenizer()
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from llmaccel import attention
+from llmaccel.graphs import GraphedSteps
+from llmaccel.linear import pack_linears
+from llmaccel.memory import keep_freed_memory
+from llmaccel.models.adapter import LoadedModel
+from llmaccel.models.config import GRAPH_CACHE_SHARE, GRAPH_MODEL_TYPES, eos_ids, graphable, max_context
+from llmaccel.models.errors import ModelLoadError
+from llmaccel.models.lean_weights import LEAN_MODEL_TYPES, ROPE_TABLE_MAX, lean_stack
+from llmaccel.models.sources import ALIASES, DEFAULT_MODEL, Alias, resolve
+
+__all__ = [
+    "ALIASES", "DEFAULT_MODEL", "GRAPH_CACHE_SHARE", "GRAPH_MODEL_TYPES", "LEAN_MODEL_TYPES", "ROPE_TABLE_MAX",
+    "Alias", "LoadedModel", "ModelLoadError",
+    "load", "load_reference_model", "load_tokenizer", "resolve", "wrap",
+]
+
+
+def wrap(
+    model, tokenizer, name: str = "model", pack: bool = True, lean_forward: bool = True, cuda_graphs: bool = True
+) -> LoadedModel:
+    """Wrap an already-built transformers causal LM (tests build tiny random ones).
+
+    Llama-family models get the lean forward (lean.py) unless `lean_forward=False`; the others run
+    through transformers' modules with their linears packed for few-row steps (`pack`). On a GPU,
+    models with one kind of full attention run their steps as CUDA graphs (`cuda_graphs`, graphs.py).
+    """
+    model.eval()
+    model.set_attn_implementation(attention.register())
+    stack = lean_stack(model) if lean_forward else None
+    if pack and stack is None:
+        pack_linears(model)
+    lm = LoadedModel(
+        name=name,
+        model=model,
+        tokenizer=tokenizer,
+        eos_token_ids=eos_ids(model, tokenizer),
+        max_context=max_context(model.config),
+        stack=stack,
+    )
+    if cuda_graphs and graphable(model, lm.max_context):
+        lm.graphs = GraphedSteps(lm._static_step, model.device, lm.max_context)
+    return lm
+
+
+def load(
+    name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool = True, lean_forward: bool = True,
+    cuda_graphs: bool = True,
+) -> LoadedModel:
+    """Load a model by alias, folder or .gguf file, in fp32, ready for the engine.
+
+    `pack=True` re-lays the linear weights for the fast GEMM path (see linear.py); the outputs of
+    greedy decoding are unchanged (tested). `cuda_graphs`: see `wrap`.
+    """
+    keep_freed_memory()
+    model, tokenizer = load_reference_model(name_or_path, device)
+    return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu", lean_forward=lean_forward,
+                cuda_graphs=cuda_graphs)
+
+
+def load_reference_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu"):
+    """The unmodified transformers model and tokenizer (for the hf-* baselines)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = resolve(name_or_path)
+    with _quiet_loading():
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
+        return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
+    """Only the tokenizer (step counting needs no weights)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(resolve(name_or_path)))
+
+
+@contextmanager
+def _quiet_loading():
+    """Loading a converted model takes a second: no progress bar for it (the one-time conversion keeps one)."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            hf_logging.enable_progress_bar()
