@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
 import torch
@@ -56,7 +57,7 @@ def check_random_cases(plain, lm, rng: random.Random, cases: int) -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_methods_equal_oracle(tiny, seed):
     plain, lm = tiny
-    check_random_cases(plain, lm, random.Random(seed * 7919 + hash(lm.name) % 1000), 4)
+    check_random_cases(plain, lm, random.Random(seed * 7919 + zlib.crc32(lm.name.encode()) % 1000), 4)
 
 
 def test_long_context_past_sliding_window(tiny):
@@ -65,10 +66,7 @@ def test_long_context_past_sliding_window(tiny):
     rng = random.Random(1)
     prompt = [rng.randrange(lm.vocab_size) for _ in range(30)]
     want = oracle_greedy(plain, prompt, 40)
-    # guard off: with it, drafting depends on step costs measured at run time, and on a busy machine
-    # (seen: the test suite and a CI run at once) the guard dropped every draft of tiny GPT-2
-    got = Decoder(lm, prompt, method="reference", references=[want[5:30]], max_new_tokens=40,
-                  options=llmaccel.ReferenceOptions(adaptive=False)).run()
+    got = Decoder(lm, prompt, method="reference", references=[want[5:30]], max_new_tokens=40).run()
     assert got.token_ids == want
     assert got.steps < len(want)  # the reference was used
 
@@ -162,8 +160,7 @@ def test_stream_yields_the_same_tokens(tiny):
 
 def test_forced_trace_replays_the_engine(tiny):
     """Forced decoding on the model's own output takes exactly the engine's steps (drafts and acceptances)."""
-    from llmaccel.drafting.reference import forced_trace
-    from llmaccel.engine import step_cost
+    from llmaccel.drafting.reference import DEFAULT_STEP_COST, forced_trace
 
     plain, lm = tiny
     rng = random.Random(5)
@@ -173,7 +170,7 @@ def test_forced_trace_replays_the_engine(tiny):
         refs = [want[3:20], [rng.randrange(lm.vocab_size) for _ in range(30)] + want[18:]]
         opts = llmaccel.ReferenceOptions(match_len=1, copy_len=8, adaptive=adaptive)
         got = Decoder(lm, prompt, method="reference", references=refs, max_new_tokens=40, options=opts).run()
-        assert [(s.tokens_in - 1, s.accepted) for s in got.step_stats] == forced_trace(want, refs, prompt, opts, step_cost(lm))
+        assert [(s.tokens_in - 1, s.accepted) for s in got.step_stats] == forced_trace(want, refs, prompt, opts, DEFAULT_STEP_COST)
 
 
 def test_gguf_like_models_stream_code_blocks():

@@ -12,6 +12,7 @@ from llmaccel.drafting.lookahead import JacobiWindow, LookaheadOptions, NgramPoo
 from llmaccel.drafting.reference import DEFAULT_STEP_COST
 from llmaccel.drafting.tree import DraftTree
 from llmaccel.kv import KVCache
+from llmaccel.verify import accept
 
 
 def _random_tree(rng: random.Random, vocab: int = 4):
@@ -40,7 +41,8 @@ def test_tree_holds_each_draft_once_and_accepts_the_longest_path(seed):
         assert tree.depth[i] == len(anc) - 1
     # acceptance: the naive rule is "the longest draft prefix whose tokens the model chose in turn"
     targets = [rng.randrange(4) for _ in range(len(tree))]
-    path, bonus = tree.accept(targets)
+    verdict = accept(tree, targets)
+    path, bonus = list(verdict.path), verdict.bonus
     node_of = {(): 0}
     for i in range(1, len(tree)):  # reconstruct each node's token path
         node_of[tuple(tree.tokens[j] for j in _ancestors(tree, i))] = i

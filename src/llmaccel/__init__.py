@@ -2,18 +2,31 @@
 
     import llmaccel
     lm = llmaccel.load("smollm2-135m")
-    result = llmaccel.generate(lm, "Summarise: ...", references=[article], method="reference")
+    result = llmaccel.generate(lm, prompt, references=[article], method="reference")
     print(result.text, result.steps)
+
+The prompt is what the model reads; references only feed drafts (text the output may copy), so a
+document the answer should use belongs in the prompt too (and then it is drafted from as well).
+
+Bad input raises `GenerationError` (a ValueError; `InputTypeError`, also a TypeError, for a value of
+the wrong type) or `ModelLoadError`, each with a one-line message. The names below load lazily, so
+`import llmaccel` (and the command line's start) does not import torch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
-from llmaccel.drafting.lookahead import LookaheadOptions
-from llmaccel.drafting.reference import ReferenceOptions, count_steps
-from llmaccel.engine import METHODS, Decoder, GenerationError, GenerationResult, StepEvent
-from llmaccel.models import ALIASES, DEFAULT_MODEL, LoadedModel, ModelLoadError, load, wrap
+from llmaccel.errors import GenerationError, InputTypeError, check_int
+from llmaccel.methods import DEFAULT_METHOD, METHODS
+
+if TYPE_CHECKING:
+    from llmaccel.drafting.lookahead import LookaheadOptions
+    from llmaccel.drafting.reference import ReferenceOptions
+    from llmaccel.engine import Decoder, GenerationResult, StepEvent
+    from llmaccel.models import LoadedModel
 
 __all__ = [
     "ALIASES",
@@ -22,6 +35,7 @@ __all__ = [
     "Decoder",
     "GenerationError",
     "GenerationResult",
+    "InputTypeError",
     "LoadedModel",
     "LookaheadOptions",
     "ModelLoadError",
@@ -35,50 +49,86 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
+_LAZY = {
+    "ALIASES": "llmaccel.models", "DEFAULT_MODEL": "llmaccel.models", "LoadedModel": "llmaccel.models",
+    "ModelLoadError": "llmaccel.models", "load": "llmaccel.models", "wrap": "llmaccel.models",
+    "Decoder": "llmaccel.engine", "GenerationResult": "llmaccel.engine", "StepEvent": "llmaccel.engine",
+    "LookaheadOptions": "llmaccel.drafting.lookahead", "ReferenceOptions": "llmaccel.drafting.reference",
+    "count_steps": "llmaccel.drafting.reference",
+}
 
-def _tokens(lm: LoadedModel, x: str | Sequence[int], *, chat: bool = False, special: bool = True) -> list[int]:
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'llmaccel' has no attribute {name!r}")
+
+
+def _tokens(lm: LoadedModel, x: str | Sequence[int], what: str, *, chat: bool = False, special: bool = True) -> list[int]:
+    """Text -> token ids (through the chat template with `chat`); token ids are checked by the Decoder."""
     if isinstance(x, str):
         if chat:
             return lm.chat_prompt(x)
         return lm.tokenizer.encode(x, add_special_tokens=special)
-    return [int(t) for t in x]
+    if isinstance(x, (bytes, bytearray)):
+        raise InputTypeError(f"{what} must be text (str) or a list of token ids, got bytes: decode it first")
+    if not isinstance(x, Sequence):
+        raise InputTypeError(f"{what} must be text (str) or a list of token ids, got {type(x).__name__}")
+    return list(x)
 
 
-def _decoder(lm, prompt, references, chat, **kwargs) -> Decoder:
+def _as_list(value, what: str) -> list:
+    """One string stands for a list of one (as in OpenAI's `stop`), never for a list of its characters."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (bytes, bytearray)) or not isinstance(value, Sequence):
+        raise InputTypeError(f"{what} must be a list (or one string), got {type(value).__name__}")
+    return list(value)
+
+
+def _decoder(lm, prompt, *, references=(), chat: bool = False, stop=(), max_new_tokens: int = 128,
+             **kwargs) -> Decoder:
+    from llmaccel.engine import Decoder
+
     if isinstance(prompt, str) and not prompt.strip():
         raise GenerationError("the prompt is empty")
-    ids = _tokens(lm, prompt, chat=chat)
-    refs = [_tokens(lm, r, special=False) for r in references]
-    return Decoder(lm, ids, references=refs, **kwargs)
+    check_int("max_new_tokens", max_new_tokens, 1)
+    ids = _tokens(lm, prompt, "the prompt", chat=chat)
+    refs = [_tokens(lm, r, f"reference {i + 1}", special=False) for i, r in enumerate(_as_list(references, "references"))]
+    return Decoder(lm, ids, references=refs, stop_strings=_as_list(stop, "stop"), max_new_tokens=max_new_tokens,
+                   **kwargs)
 
 
 def generate(
     lm: LoadedModel,
     prompt: str | Sequence[int],
     *,
-    references: Sequence[str | Sequence[int]] = (),
-    method: str = "reference",
+    references: Sequence[str | Sequence[int]] | str = (),
+    method: str = DEFAULT_METHOD,
     max_new_tokens: int = 128,
-    stop: Sequence[str] = (),
+    stop: Sequence[str] | str = (),
     chat: bool = False,
     options: ReferenceOptions | None = None,
     lookahead: LookaheadOptions | None = None,
     sparse_prefill: bool = False,
+    step_cost: Sequence[float] | None = None,
 ) -> GenerationResult:
     """Greedy decoding of `prompt` (text or token ids), accelerated by `method` (greedy, reference,
-    lookahead, auto); the output equals plain greedy decoding. `sparse_prefill=True` prefills long
-    prompts with sparse attention (MInference's patterns): faster, approximate, off by default."""
+    lookahead, auto); the output equals plain greedy decoding.
+
+    references: texts (or token-id lists) the output may copy; they feed drafts only, the model does not
+    read them: put a document the answer should use into the prompt as well. One string is one
+    reference. stop: stop strings (one string is one stop string). step_cost: the step-cost table that
+    sizes drafts (None: the model's, see step_cost.py). `sparse_prefill=True` prefills long prompts with
+    sparse attention (MInference's patterns): faster, approximate, off by default.
+    """
     return _decoder(
-        lm, prompt, references, chat, method=method, max_new_tokens=max_new_tokens, stop_strings=stop,
-        options=options, lookahead=lookahead, sparse_prefill=sparse_prefill,
+        lm, prompt, references=references, chat=chat, stop=stop, max_new_tokens=max_new_tokens, method=method,
+        options=options, lookahead=lookahead, sparse_prefill=sparse_prefill, step_cost=step_cost,
     ).run()
 
 
-def stream(lm: LoadedModel, prompt, **kwargs):
-    """Like `generate`, but yields a `StepEvent` (the new tokens) after every step."""
-    refs = kwargs.pop("references", ())
-    chat = kwargs.pop("chat", False)
-    if "stop" in kwargs:
-        kwargs["stop_strings"] = kwargs.pop("stop")
-    kwargs.setdefault("method", "reference")
-    yield from _decoder(lm, prompt, refs, chat, **kwargs).events()
+def stream(lm: LoadedModel, prompt: str | Sequence[int], **kwargs) -> Iterator[StepEvent]:
+    """Like `generate` (same arguments), but returns an iterator of `StepEvent`s (the new tokens of
+    each step). Arguments are checked at the call, not at the first iteration."""
+    return _decoder(lm, prompt, **{"method": DEFAULT_METHOD, **kwargs}).events()

