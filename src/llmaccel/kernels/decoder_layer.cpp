@@ -43,9 +43,6 @@
 #include "tiles.h"
 #include "vec.h"
 
-torch::Tensor skinny_linear(const torch::Tensor& x_in, const torch::Tensor& packed, int64_t n,
-                            const c10::optional<torch::Tensor>& bias_in);
-
 namespace {
 
 // out[t] = w * (x[t] * rsqrt(mean(x[t]^2) + eps)) for each of T rows of H.

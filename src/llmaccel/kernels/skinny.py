@@ -3,7 +3,7 @@
 `pack(W)` re-lays an (N, K) `nn.Linear` weight into panels of `panel_width()` output features
 ([P, K, NB], zero-padded); `linear(x, packed, n, bias)` then computes the product with a register-
 tiled kernel that runs every row of x against a panel while it is in cache, so a call costs about
-one pass over the weights for 1 row as for 16 (see skinny_gemm.cpp for the blocking).
+one pass over the weights for 1 row as for 16 (see skinny_gemm.cpp for the layouts and paths).
 
 The C++ is compiled on first use with `torch.utils.cpp_extension.load` (-O3 -march=native, no
 fast-math) into $LLMACCEL_CACHE/torch_extensions (default ~/.cache/llmaccel/torch_extensions); the
@@ -32,10 +32,12 @@ __all__ = ["argmax", "argmax_head", "available", "block_codes", "fused_layer", "
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 
-_SRC = Path(__file__).with_name("skinny_gemm.cpp")
-# one extension: the layer calls the GEMM; sparse prefill attention rides along (one build, one cache entry)
-_SOURCES = [_SRC, *(Path(__file__).with_name(f) for f in ("decoder_layer.cpp", "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp"))]
-_HEADERS = [Path(__file__).with_name(f) for f in ("vec.h", "tiles.h", "amx.h", "skinny_gemm.h")]  # included by the sources; part of the build's hash
+_DIR = Path(__file__).parent
+# one extension: the decoder layer calls the GEMM; sparse prefill attention and argmax ride along (one
+# build, one cache entry). bindings.cpp binds them to Python.
+_SOURCES = [_DIR / f for f in ("skinny_gemm.cpp", "gemm_vector.cpp", "gemm_amx.cpp", "decoder_layer.cpp",
+                               "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp", "bindings.cpp")]
+_HEADERS = [_DIR / f for f in ("vec.h", "tiles.h", "amx.h", "skinny_gemm.h", "gemm_paths.h")]  # part of the build's hash
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # -march=native brings AMX where the CPU has it  # no -ffast-math: IEEE fp32
 _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
 
@@ -207,7 +209,7 @@ def _pack_codes(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bits: int, nb
     if nb != 48 or not has_amx():
         return packed
     if bits == 4:
-        # the AMX order (skinny_gemm.cpp, decode_block_pairs): per 16-column tile g and k pair c < 8, byte
+        # the AMX order (gemm_amx.cpp, decode_block_pairs): per 16-column tile g and k pair c < 8, byte
         # 2 j + e = q[16 g + j][2 c + e] | q[16 g + j][16 + 2 c + e] << 4
         qa = qpad.view(p, 3, 16, nblocks, 2, 8, 2)  # (P, g, j, B, half of k, c, e)
         qa = (qa[:, :, :, :, 0] | (qa[:, :, :, :, 1] << 4)).to(torch.uint8)  # (P, g, j, B, c, e)

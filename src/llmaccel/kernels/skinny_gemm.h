@@ -5,7 +5,7 @@
 // the same numbers bit for bit.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
 
 #include <cstdint>
 
@@ -25,7 +25,7 @@ struct PanelMatrix {
 
 // Whether `packed` is a matrix pack() made with n outputs; if so fills *out with it and with the path
 // that y = x W^T + b for M rows of x takes (the choice skinny_linear makes).
-bool panel_matrix(const torch::Tensor& packed, int64_t n, int64_t M, const float* bias, PanelMatrix* out);
+bool panel_matrix(const at::Tensor& packed, int64_t n, int64_t M, const float* bias, PanelMatrix* out);
 
 // x (M, K) as a matrix's path reads it: the rows themselves, and for the AMX path their three bf16 parts
 // and block sums, in buffers kept per thread (valid until this thread's next prepare_rows or
@@ -43,3 +43,8 @@ PanelRows prepare_rows(const PanelMatrix& m, const float* x, int64_t M, int64_t 
 void run_panel_range(const PanelMatrix& m, const PanelRows& x, float* y, int64_t p0, int64_t p1, bool add);
 
 }  // namespace llmaccel_gemm
+
+// y = x @ W^T + b: x (..., K) -> (..., n), with `packed` from pack() (the Python `linear`); runs its own
+// parallel region. Argument errors raise ValueError in Python (TORCH_CHECK_VALUE).
+at::Tensor skinny_linear(const at::Tensor& x_in, const at::Tensor& packed, int64_t n,
+                         const c10::optional<at::Tensor>& bias_in);
