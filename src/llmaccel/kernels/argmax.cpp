@@ -9,7 +9,8 @@
 //
 // NaN: torch.argmax treats NaN as the maximum (the first NaN wins). The vector loop also tracks
 // whether a NaN was seen, and such a row is scanned again for its first NaN.
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <cmath>
@@ -62,15 +63,15 @@ int64_t row_argmax(const float* x, int64_t V) {
 }  // namespace
 
 // logits (..., V) fp32 contiguous CPU -> int64 (...): the index of each row's maximum.
-torch::Tensor argmax_rows(const torch::Tensor& logits) {
-  TORCH_CHECK_VALUE(logits.device().is_cpu() && logits.scalar_type() == torch::kFloat && logits.dim() >= 1 &&
+at::Tensor argmax_rows(const at::Tensor& logits) {
+  TORCH_CHECK_VALUE(logits.device().is_cpu() && logits.scalar_type() == at::kFloat && logits.dim() >= 1 &&
                         logits.size(-1) > 0,
                     "argmax_rows: logits must be a non-empty fp32 CPU tensor (..., V), got ", logits.sizes(), " ",
                     logits.scalar_type());
-  const torch::Tensor x = logits.contiguous();
+  const at::Tensor x = logits.contiguous();
   const int64_t V = x.size(-1), rows = x.numel() / V;
   std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
-  auto out = torch::empty(shape, x.options().dtype(torch::kLong));
+  auto out = at::empty(shape, x.options().dtype(at::kLong));
   const float* xp = x.data_ptr<float>();
   int64_t* op = out.data_ptr<int64_t>();
   at::parallel_for(0, rows, 1, [&](int64_t r0, int64_t r1) {

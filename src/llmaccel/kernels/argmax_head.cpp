@@ -28,7 +28,8 @@
 //
 // Rows with a non-finite x, or with more than MAX_CANDIDATES candidates, come back as -1: the caller
 // computes their logits in full.
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/full.h>
 #include <ATen/Parallel.h>
 
 #if defined(__AVX512F__)
@@ -280,24 +281,24 @@ void check_share(const double* x, int64_t K, const float* w, const float* L, int
 
 // x (M, K) fp32 -> int64 (M,): the argmax of x @ w^T per row (ties: the lowest id), or -1 for a row this
 // path does not decide. tiles, cols: from skinny.pack_argmax_head(w); w (V, K) fp32.
-torch::Tensor argmax_head(const torch::Tensor& x_in, const torch::Tensor& tiles, const torch::Tensor& cols,
-                          const torch::Tensor& w) {
+at::Tensor argmax_head(const at::Tensor& x_in, const at::Tensor& tiles, const at::Tensor& cols,
+                       const at::Tensor& w) {
   TORCH_CHECK_VALUE(x_in.dim() == 2 && x_in.device().is_cpu(), "argmax_head: x must be a CPU tensor (M, K)");
-  TORCH_CHECK_VALUE(w.dim() == 2 && w.scalar_type() == torch::kFloat && w.is_contiguous() && w.size(1) == x_in.size(1),
+  TORCH_CHECK_VALUE(w.dim() == 2 && w.scalar_type() == at::kFloat && w.is_contiguous() && w.size(1) == x_in.size(1),
                     "argmax_head: w must be contiguous fp32 (V, K) with K = x's, got ", w.sizes());
-  TORCH_CHECK_VALUE(tiles.dim() == 3 && tiles.scalar_type() == torch::kChar && tiles.is_contiguous() &&
+  TORCH_CHECK_VALUE(tiles.dim() == 3 && tiles.scalar_type() == at::kChar && tiles.is_contiguous() &&
                         tiles.size(2) == TILE_K * TILE_N && tiles.size(0) % 2 == 0 &&
                         tiles.size(1) * TILE_K >= w.size(1) && tiles.size(1) * TILE_K < w.size(1) + TILE_K &&
                         tiles.size(0) * TILE_N >= w.size(0),
                     "argmax_head: tiles must come from pack_argmax_head(w), got ", tiles.sizes());
   TORCH_CHECK_VALUE(cols.dim() == 2 && cols.size(0) == 3 && cols.size(1) == tiles.size(0) * TILE_N &&
-                        cols.scalar_type() == torch::kFloat && cols.is_contiguous(),
+                        cols.scalar_type() == at::kFloat && cols.is_contiguous(),
                     "argmax_head: cols must come from pack_argmax_head(w)");
   const int64_t M = x_in.size(0), K = x_in.size(1), V = w.size(0);
-  auto out = torch::full({M}, -1, torch::kLong);
+  auto out = at::full({M}, -1, at::kLong);
 #ifdef LLMACCEL_AMX_INT8
   if (M == 0 || !tiles_permitted()) return out;
-  const torch::Tensor x = x_in.to(torch::kFloat).contiguous();
+  const at::Tensor x = x_in.to(at::kFloat).contiguous();
   const float* xp = x.data_ptr<float>();
   const int64_t Kp = tiles.size(1) * TILE_K, Gp = tiles.size(0);
   const int64_t Mp = M <= TILE_M ? M : (M + TILE_M - 1) / TILE_M * TILE_M;  // whole tiles past 16 rows

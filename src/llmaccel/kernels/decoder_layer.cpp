@@ -22,7 +22,10 @@
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
 #endif
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 #include <omp.h>
@@ -451,8 +454,8 @@ void add_into(float* h, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) h[i] += y[i];
 }
 
-void check(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == torch::kFloat && t.is_contiguous(), "llama_layer: ",
+void check(const at::Tensor& t, const char* name) {
+  TORCH_CHECK_VALUE(t.device().is_cpu() && t.scalar_type() == at::kFloat && t.is_contiguous(), "llama_layer: ",
                     name, " must be a contiguous fp32 CPU tensor");
 }
 
@@ -489,8 +492,8 @@ struct FusedMats {
 
 // Whether the fused layer can run this step (every linear a matrix pack() made, on whichever path the
 // kernel takes for T rows; the attention one of ours; not already inside a parallel region); if so fills m.
-bool fused_ready(const torch::Tensor& qkv_packed, int64_t qkv_n, const float* qkv_bias, const torch::Tensor& o_packed,
-                 int64_t H, const torch::Tensor& gu_packed, int64_t gu_n, const torch::Tensor& down_packed, int64_t T,
+bool fused_ready(const at::Tensor& qkv_packed, int64_t qkv_n, const float* qkv_bias, const at::Tensor& o_packed,
+                 int64_t H, const at::Tensor& gu_packed, int64_t gu_n, const at::Tensor& down_packed, int64_t T,
                  int64_t hq, int64_t D, int64_t small_attention_max_t, FusedMats* m) {
   using llmaccel_gemm::panel_matrix;
   if (!fused_on || at::in_parallel_region() || gu_n % 2) return false;
@@ -593,24 +596,24 @@ int64_t fused_layer_runs() { return fused_runs.load(std::memory_order_relaxed); 
 // final norm after the native layers. Why not F.rms_norm: that is eleven ATen ops (pow, mean, add,
 // rsqrt, dtype checks...) whose code and data the weights streamed in between have evicted, so after a
 // step's layers it took 200-270 us (17 us warm) of a ~11 ms 1-token step of SmolLM2 (torch.profiler).
-torch::Tensor rms_norm_rows(const torch::Tensor& x, const torch::Tensor& w, double eps) {
+at::Tensor rms_norm_rows(const at::Tensor& x, const at::Tensor& w, double eps) {
   TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 1 && x.size(1) == w.size(0), "rms_norm_rows: x (T, H) and w (H,), got ",
                     x.sizes(), " and ", w.sizes());
   check(w, "w");
   const auto xc = x.contiguous();
   check(xc, "x");
-  auto out = torch::empty_like(xc);
+  auto out = at::empty_like(xc);
   rms_norm(xc.data_ptr<float>(), w.data_ptr<float>(), out.data_ptr<float>(), xc.size(0), xc.size(1),
            static_cast<float>(eps));
   return out;
 }
 
 // silu(gate) * up for gu (T, 2 I) = [gate | up]: the layer's MLP activation, exposed for the tests.
-torch::Tensor silu_mul(const torch::Tensor& gu) {
-  TORCH_CHECK_VALUE(gu.dim() == 2 && gu.size(1) % 2 == 0 && gu.scalar_type() == torch::kFloat && gu.device().is_cpu(),
+at::Tensor silu_mul(const at::Tensor& gu) {
+  TORCH_CHECK_VALUE(gu.dim() == 2 && gu.size(1) % 2 == 0 && gu.scalar_type() == at::kFloat && gu.device().is_cpu(),
                     "silu_mul: gu must be a CPU fp32 (T, 2 I) tensor, got ", gu.sizes(), " ", gu.scalar_type());
   const auto c = gu.contiguous();
-  auto out = torch::empty({gu.size(0), gu.size(1) / 2}, gu.options());
+  auto out = at::empty({gu.size(0), gu.size(1) / 2}, gu.options());
   silu_mul(c.data_ptr<float>(), gu.size(0), gu.size(1) / 2, out.data_ptr<float>());
   return out;
 }
@@ -628,11 +631,11 @@ bool step_attention_tiles(bool on) {
 // mask: (1, 1, T, start + T) bool (true = attend) or none (every key visible). Steps of up to
 // small_attention_max_t tokens use small_attention, longer ones tile_attention (head dims that are a
 // multiple of the vector width; others PyTorch's SDPA).
-void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor& qkv_packed, int64_t qkv_n,
-                 const c10::optional<torch::Tensor>& qkv_bias, const torch::Tensor& o_packed, const torch::Tensor& ln2,
-                 const torch::Tensor& gu_packed, int64_t gu_n, const torch::Tensor& down_packed,
-                 const torch::Tensor& cos, const torch::Tensor& sin, torch::Tensor kbuf, torch::Tensor vbuf,
-                 int64_t start, const c10::optional<torch::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
+void llama_layer(at::Tensor h, const at::Tensor& ln1, const at::Tensor& qkv_packed, int64_t qkv_n,
+                 const c10::optional<at::Tensor>& qkv_bias, const at::Tensor& o_packed, const at::Tensor& ln2,
+                 const at::Tensor& gu_packed, int64_t gu_n, const at::Tensor& down_packed,
+                 const at::Tensor& cos, const at::Tensor& sin, at::Tensor kbuf, at::Tensor vbuf,
+                 int64_t start, const c10::optional<at::Tensor>& mask, int64_t hq, int64_t hkv, double eps,
                  double scaling, int64_t small_attention_max_t) {
   check(h, "h");
   check(cos, "cos");
@@ -660,18 +663,18 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
   // the step's mask as lean.step_mask builds it (bool, contiguous, T x S) is read in place: reshape, to and
   // contiguous were three dispatcher calls a layer, each slow with the code and data the weights evicted
   // (16-token steps of SmolLM2, alternating: 13.09 -> 12.98 ms; 4-token 8.78 -> 8.73)
-  torch::Tensor m;
+  at::Tensor m;
   const bool* mp = nullptr;
   if (mask.has_value() && mask->defined()) {
-    if (mask->scalar_type() == torch::kBool && mask->is_contiguous() && mask->numel() == T * S && mask->is_cpu())
+    if (mask->scalar_type() == at::kBool && mask->is_contiguous() && mask->numel() == T * S && mask->is_cpu())
       mp = mask->data_ptr<bool>();
     else
-      m = mask->reshape({T, S}).to(torch::kBool).contiguous(), mp = m.data_ptr<bool>();
+      m = mask->reshape({T, S}).to(at::kBool).contiguous(), mp = m.data_ptr<bool>();
   }
 
   const bool plain_bias = !qkv_bias.has_value() || !qkv_bias->defined() ||
                           (qkv_bias->dim() == 1 && qkv_bias->size(0) == qkv_n && qkv_bias->is_contiguous() &&
-                           qkv_bias->scalar_type() == torch::kFloat && qkv_bias->device().is_cpu());
+                           qkv_bias->scalar_type() == at::kFloat && qkv_bias->device().is_cpu());
   FusedMats fm;
   if (plain_bias && fused_ready(qkv_packed, qkv_n, qkv_bias && qkv_bias->defined() ? qkv_bias->data_ptr<float>() : nullptr,
                                 o_packed, H, gu_packed, gu_n, down_packed, T, hq, D, small_attention_max_t, &fm)) {
@@ -682,14 +685,14 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
   }
 
   // op by op: attention block
-  auto x = torch::empty_like(h);
+  auto x = at::empty_like(h);
   rms_norm(hp, ln1.data_ptr<float>(), x.data_ptr<float>(), T, H, feps);
   auto qkv = skinny_linear(x, qkv_packed, qkv_n, qkv_bias);  // (T, (hq + 2 hkv) D)
   float* qp = qkv.data_ptr<float>();
   rope_and_cache(qp, qkv_n, kp, vp, cap, start, cp, sp, hq, hkv, D, 0, T * (hq + 2 * hkv));
-  torch::Tensor a;
+  at::Tensor a;
   if (T <= small_attention_max_t || (step_tiles && D % AVL == 0)) {
-    a = torch::empty({T, hq * D}, h.options());
+    a = at::empty({T, hq * D}, h.options());
     (T <= small_attention_max_t ? small_attention : tile_attention)(qp, qkv_n, kp, vp, cap, S, mp, T, hq, hkv, D,
                                                                    static_cast<float>(scaling), a.data_ptr<float>());
   } else {
@@ -706,7 +709,7 @@ void llama_layer(torch::Tensor h, const torch::Tensor& ln1, const torch::Tensor&
   rms_norm(hp, ln2.data_ptr<float>(), x.data_ptr<float>(), T, H, feps);
   auto gu = skinny_linear(x, gu_packed, gu_n, c10::nullopt);  // (T, 2 I)
   const int64_t I = gu_n / 2;
-  auto act = torch::empty({T, I}, h.options());
+  auto act = at::empty({T, I}, h.options());
   silu_mul(gu.data_ptr<float>(), T, I, act.data_ptr<float>());
   auto d = skinny_linear(act, down_packed, H, c10::nullopt);
   add_into(hp, d.data_ptr<float>(), T * H);

@@ -3,7 +3,7 @@
 // chooses between:
 //   gemm_vector.cpp  register tiles of fp32 FMAs over fp32 panels or code blocks (AVX-512, AVX2, SSE)
 //   gemm_amx.cpp     code blocks through the AMX tile unit, where the CPU has one
-// No torch here: a file that includes torch's headers takes ~40 s to compile, these take seconds.
+// No torch here: a file that includes torch/extension.h takes ~40 s to compile, these take seconds.
 #pragma once
 
 #include <cstdint>

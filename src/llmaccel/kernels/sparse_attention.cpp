@@ -21,7 +21,11 @@
 // operands was a third of the kernel's time (BENCHMARKS.md, "Sparse prefill"). Scores are kept
 // transposed, St (keys, rows), so the softmax over keys runs down columns with whole vectors of rows.
 // Other head dims take the gather + at::mm_out path.
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -152,8 +156,8 @@ void select_keys(int64_t q0, int64_t q1, int64_t window, int64_t bs,
   }
 }
 
-void check_index(const torch::Tensor& t, const char* name) {
-  TORCH_CHECK(t.dtype() == torch::kInt64 && t.is_contiguous() && t.device().is_cpu(), name,
+void check_index(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.dtype() == at::kLong && t.is_contiguous() && t.device().is_cpu(), name,
               " must be a contiguous CPU int64 tensor");
 }
 
@@ -166,14 +170,14 @@ bool sparse_hand_tiles(bool on) {
 
 // q (H, n, D), k and v (Hkv, n, D), fp32 contiguous. Returns out (H, n, D), lse (H, n) (the log-sum-exp
 // of each row's scaled scores over the keys it saw) and computed (H,) (query-key pairs scored).
-std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
-                                            const torch::Tensor& cols, const torch::Tensor& col_ptr,
-                                            const torch::Tensor& bands, const torch::Tensor& band_ptr,
-                                            const torch::Tensor& blocks, const torch::Tensor& block_ptr,
-                                            int64_t bs, double scale, int64_t window) {
+std::vector<at::Tensor> sparse_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                         const at::Tensor& cols, const at::Tensor& col_ptr,
+                                         const at::Tensor& bands, const at::Tensor& band_ptr,
+                                         const at::Tensor& blocks, const at::Tensor& block_ptr,
+                                         int64_t bs, double scale, int64_t window) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3, "q, k, v must be (heads, n, head_dim)");
-  TORCH_CHECK(q.scalar_type() == torch::kFloat32 && k.scalar_type() == torch::kFloat32 &&
-                  v.scalar_type() == torch::kFloat32, "q, k, v must be float32");
+  TORCH_CHECK(q.scalar_type() == at::kFloat && k.scalar_type() == at::kFloat &&
+                  v.scalar_type() == at::kFloat, "q, k, v must be float32");
   TORCH_CHECK(q.is_contiguous() && k.is_contiguous() && v.is_contiguous(), "q, k, v must be contiguous");
   TORCH_CHECK(q.device().is_cpu() && k.device().is_cpu() && v.device().is_cpu(), "q, k, v must be on the CPU");
   const int64_t H = q.size(0), n = q.size(1), D = q.size(2), Hkv = k.size(0);
@@ -187,9 +191,9 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
   const bool has_blocks = block_ptr.numel() > 0;
   TORCH_CHECK(!has_blocks || block_ptr.numel() == H * nb + 1, "block_ptr must have heads * blocks + 1 entries");
 
-  auto out = torch::empty({H, n, D}, q.options());
-  auto lse = torch::empty({H, n}, q.options());
-  auto computed = torch::zeros({H, nb}, col_ptr.options());
+  auto out = at::empty({H, n, D}, q.options());
+  auto lse = at::empty({H, n}, q.options());
+  auto computed = at::zeros({H, nb}, col_ptr.options());
   const float* qp = q.data_ptr<float>();
   const float* kp = k.data_ptr<float>();
   const float* vp = v.data_ptr<float>();
@@ -205,7 +209,7 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
   const int64_t group = H / Hkv;
   const float fscale = static_cast<float>(scale);
   const float neg_inf = -std::numeric_limits<float>::infinity();
-  const auto fopt = torch::TensorOptions().dtype(torch::kFloat32);
+  const auto fopt = at::TensorOptions().dtype(at::kFloat);
   const bool tiles = hand_tiles && D % AVL == 0;
 
   // Items differ in cost (a late query block sees more keys; heads differ in pattern), so threads take
@@ -262,10 +266,10 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
         }
       }
       for (int64_t t = 0; t < rows * D; ++t) qbuf[t] = qp[(h * n + q0) * D + t] * fscale;  // scale folded into Q
-      auto Q = torch::from_blob(qbuf.data(), {rows, D}, fopt);
-      auto K = torch::from_blob(kbuf.data(), {m, D}, fopt);
-      auto V = torch::from_blob(vbuf.data(), {m, D}, fopt);
-      auto S = torch::from_blob(sbuf.data(), {rows, m}, fopt);
+      auto Q = at::from_blob(qbuf.data(), {rows, D}, fopt);
+      auto K = at::from_blob(kbuf.data(), {m, D}, fopt);
+      auto V = at::from_blob(vbuf.data(), {m, D}, fopt);
+      auto S = at::from_blob(sbuf.data(), {rows, m}, fopt);
       at::mm_out(S, Q, K.t());  // (rows, m) scaled scores
       // causal: row i hides the diagonal block's keys after its own position (the last `rows` columns)
       for (int64_t i = 0; i + 1 < rows; ++i) std::fill(sbuf.data() + i * m + (m - rows) + i + 1, sbuf.data() + (i + 1) * m, neg_inf);
@@ -304,7 +308,7 @@ std::vector<torch::Tensor> sparse_attention(const torch::Tensor& q, const torch:
         lrow[i] = mx + std::log(sum);
         rsum[i] = 1.0f / sum;
       }
-      auto O = torch::from_blob(orow, {rows, D}, fopt);
+      auto O = at::from_blob(orow, {rows, D}, fopt);
       at::mm_out(O, S, V);
       for (int64_t i = 0; i < rows; ++i) {
         for (int64_t d = 0; d < D; ++d) orow[i * D + d] *= rsum[i];
