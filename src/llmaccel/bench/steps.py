@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from llmaccel.bench.data import load_rows
+from llmaccel.bench.data import DataError, load_rows
 from llmaccel.drafting.reference import ReferenceOptions, count_steps
 
 
 def file_steps(tokenizer, path: str | Path, options: ReferenceOptions, limit: int | None = None) -> dict:
-    """Sum over a file's rows of target tokens (= greedy steps) and `reference` steps."""
+    """Sum over a file's rows of target tokens (= greedy steps) and `reference` steps. Only LLMA rows
+    have a target (result.text); a file without any is a DataError."""
     tokens = steps = 0
-    for s in load_rows(path, limit):
+    rows = load_rows(path, limit)
+    if not any(s.target for s in rows):
+        raise DataError(f"{path}: no row has a target (an LLMA row's result.text) to count forced steps for")
+    for s in rows:
         target = tokenizer.encode(s.target, add_special_tokens=False)
         refs = [tokenizer.encode(d, add_special_tokens=False) for d in s.references]
         tokens += len(target)
