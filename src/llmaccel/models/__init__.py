@@ -12,8 +12,10 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from llmaccel import attention
 from llmaccel.graphs import GraphedSteps
@@ -21,9 +23,10 @@ from llmaccel.linear import pack_linears
 from llmaccel.memory import keep_freed_memory
 from llmaccel.models.adapter import LoadedModel
 from llmaccel.models.config import GRAPH_CACHE_SHARE, GRAPH_MODEL_TYPES, eos_ids, graphable, max_context
-from llmaccel.models.errors import ModelLoadError
+from llmaccel.models.errors import ModelLoadError, one_line
 from llmaccel.models.lean_weights import LEAN_MODEL_TYPES, ROPE_TABLE_MAX, lean_stack
 from llmaccel.models.sources import ALIASES, DEFAULT_MODEL, Alias, resolve
+from llmaccel.paths import cache_dir
 
 __all__ = [
     "ALIASES", "DEFAULT_MODEL", "GRAPH_CACHE_SHARE", "GRAPH_MODEL_TYPES", "LEAN_MODEL_TYPES", "ROPE_TABLE_MAX",
@@ -79,16 +82,31 @@ def load_reference_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder = resolve(name_or_path)
-    with _quiet_loading():
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).to(device).eval()
-        return model, AutoTokenizer.from_pretrained(str(folder))
+    with _quiet_loading(), _load_errors(folder):
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    return model.to(device).eval(), tokenizer
 
 
 def load_tokenizer(name_or_path: str = DEFAULT_MODEL):
     """Only the tokenizer (step counting needs no weights)."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(str(resolve(name_or_path)))
+    folder = resolve(name_or_path)
+    with _load_errors(folder):
+        return AutoTokenizer.from_pretrained(str(folder))
+
+
+@contextmanager
+def _load_errors(folder: Path):
+    """transformers' errors for a folder it cannot load (no weights, a cut-off safetensors file, an
+    unknown model type, no tokenizer) as one-line ModelLoadErrors."""
+    try:
+        yield
+    except (OSError, ValueError, SafetensorError) as exc:
+        in_cache = folder.resolve().is_relative_to(cache_dir().resolve())
+        hint = f"; delete {folder} to convert its GGUF file again" if in_cache else ""
+        raise ModelLoadError(f"transformers cannot load the model in {folder}: {one_line(exc)}{hint}") from exc
 
 
 @contextmanager

