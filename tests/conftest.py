@@ -52,7 +52,7 @@ ARCHS = ["llama", "qwen2", "mistral", "gemma3", "gpt2", "llama-gguf", "gemma3-gg
 
 def quantize_like_gguf(model) -> None:
     """Every linear weight as Q4_1 and the embedding and LM head as Q8_0, in place (fp32 values)."""
-    from llmaccel.kernels.bench_skinny import quantize_like_gguf as q
+    from llmaccel.kernels.skinny import quantize_like_gguf as q
 
     with torch.no_grad():
         for name, mod in model.named_modules():

@@ -81,7 +81,7 @@ def test_empty_and_other_dtypes():
 
 # ---- block-coded weights (GGUF Q4_1 / Q8_0 blocks streamed as codes) --------------------------------
 
-from llmaccel.kernels.bench_skinny import quantize_like_gguf
+from llmaccel.kernels.skinny import quantize_like_gguf
 
 
 @pytest.mark.parametrize("bits", [4, 8])

@@ -307,7 +307,7 @@ void tile_attention_part(const TilePlan& plan, const TileBuffers& buf, int64_t t
 // rows. The first and last ran on the calling thread while the other waited (4.6 and 10.6 us of ~80 us
 // a layer at 16 tokens over 300 cached keys; ~70 us in one region, ~61 us with the merge on vectors).
 // Chunks whose mask rows are all true skip the per-key mask loop. Where a 16-token step's ~120 us of
-// one thread's work goes (docs/microbench/attention_phases.cpp): the two products ~75 us, the softmax
+// one thread's work goes (benchmarks/attention_phases.cpp): the two products ~75 us, the softmax
 // numerators ~22 (mostly the exp of 45 k scores), the merge ~11 before / ~4 after, transposition ~4.
 void tile_attention(const float* q, int64_t ldq, const float* kb, const float* vb, int64_t cap, int64_t S,
                     const bool* mask, int64_t T, int64_t hq, int64_t hkv, int64_t D, float scale, float* out) {

@@ -35,7 +35,7 @@ constexpr int64_t AMX_ROWS = 16;  // rows of x per tile product
 // Up to STACK_ROWS rows, the three parts of x share one A tile (3 M rows: part-major), so a block takes
 // 3 tile products instead of 9. A tile product costs the same whatever its row count (one core, the
 // kept block pattern, ns a block: 1 row 60.1, 3 rows 61.4, 6 rows 61.2, 16 rows 62.5; with one part
-// instead of three 28.5-29.2; docs/microbench/tile_rows.cpp), so at 1-5 rows six of the nine products
+// instead of three 28.5-29.2; benchmarks/tile_rows.cpp), so at 1-5 rows six of the nine products
 // were paid for nothing. The block's three part sums come out as separate C rows and are added in the
 // scaling, lo + mid first. Whole SmolLM2 steps at 300 cached tokens, alternating in one process
 // (medians of 60): k=1 7.17 -> 6.89 ms (0.960x), k=2 0.955x, k=4 0.957x, k=5 0.974x, k=16 1.001x.
@@ -49,7 +49,7 @@ constexpr int64_t STACK_ROWS = AMX_ROWS / 3;
 // 9.20, k=4 12.11 / 9.89, k=8 11.75 / 11.62, k=16 15.21 / 15.03.
 // Per block the tile unit's work is cheap, but its results pass through memory to be scaled by d and
 // m, once per row, and the decode's stores feed the tile loads, so the vector and tile work of a block
-// add up instead of overlapping (docs/microbench, BENCHMARKS.md "Engine cost", session 16).
+// add up instead of overlapping (benchmarks/, BENCHMARKS.md "Engine cost", session 16).
 // Tried and not kept (SmolLM2-shaped layers at 16 rows, BENCHMARKS.md): folding d into the B tiles
 // (d q as two exact bf16 parts, 5 products a block, no per-block scaling): 0.93x the vector path's
 // time in the same run, where this design takes 0.85-0.88x: its decode needs ~3x the vector work.
@@ -158,7 +158,7 @@ static inline void decode_block_pairs(const uint8_t* blk, uint16_t* t /* [3][16 
 // codes (|q| <= 127) convert exactly to fp16, and an fp16 with at most 8 significant bits is a bf16
 // with its exponent rebiased (15 -> 127) and its mantissa shortened: (h & 0x7fff) >> 3 plus 112 << 7,
 // zero kept zero, then the sign. About 8 vector instructions per 32 codes where decode_block takes
-// ~11 with two shuffles more: 50 vs 82-87 ns a block (docs/microbench), ~0.3 ms of a 16-token step's
+// ~11 with two shuffles more: 50 vs 82-87 ns a block (benchmarks/), ~0.3 ms of a 16-token step's
 // LM head. Tested to give the same tiles as decode_block.
 static inline void decode_block_q8_pairs(const uint8_t* blk, uint16_t* t /* [3][16 * 32] */) {
   const uint8_t* c = blk + 8 * NB;

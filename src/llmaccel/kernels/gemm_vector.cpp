@@ -98,7 +98,7 @@ static void tile(const float* __restrict x, int64_t ldx, const float* __restrict
       wv[j] = loadu(wk + j * VL);
       // Kept in a register: left to itself GCC folds the load into every FMA of a tile with registers
       // to spare (R <= 4 with AVX2), R times the loads, and the load ports became the limit. AVX2 (Zen
-      // 3), SmolLM2-shaped layers of codes, hot, ms a layer (docs/microbench/codes_avx2.cpp fold): M=7
+      // 3), SmolLM2-shaped layers of codes, hot, ms a layer (benchmarks/codes_avx2.cpp fold): M=7
       // (4 + 3 rows) 0.547 -> 0.443, M=8 (4 + 4) 0.608 -> 0.453; 5, 10, 12 and 16 rows unchanged.
 #if defined(__AVX512F__)
       asm("" : "+v"(wv[j]));  // any of the 32 vector registers
@@ -201,7 +201,7 @@ static void decode_blocks(const Packed& W, const uint8_t* blk, int64_t nb, float
 // Why: with few rows the scratch path is two dependent halves, a decode loop that stores (~5 vector ops
 // per 8 weights) and a tile loop whose R x NV FMA chains are too few to hide the FMA latency; fused, the
 // decode's independent work fills that latency. AVX2 (Zen 3), SmolLM2-shaped layers, ms a layer
-// (docs/microbench/codes_avx2.cpp fused, medians of 101 hot / 15 cold, scratch -> tile_codes): M=1
+// (benchmarks/codes_avx2.cpp fused, medians of 101 hot / 15 cold, scratch -> tile_codes): M=1
 // 0.255 -> 0.153 hot, 0.279 -> 0.162 cold; M=2 0.278 -> 0.169; M=3 0.325 -> 0.202; M=4 0.366 -> 0.235
 // (cold). At 5 and 6 rows the two are equal (0.330 / 0.341, 0.371 / 0.365: registers run out), so those
 // keep the scratch. Whole 1-token steps (`llmaccel cost`, the two builds alternating): 13.6 and 17.9 ms
@@ -268,7 +268,7 @@ static CodesFn tile_codes_for(int rows, int bits) {  // 1 <= rows <= CODES_FUSED
 
 // n floats at a 64-byte boundary, inside `store`. The scratch's vector loads and stores must not
 // straddle cache lines: 16 bytes past a boundary (std::vector's alignment here), half the decode's
-// 32-byte stores and the tiles' loads did. AVX2 (Zen 3; docs/microbench/codes_avx2.cpp align, 30
+// 32-byte stores and the tiles' loads did. AVX2 (Zen 3; benchmarks/codes_avx2.cpp align, 30
 // layers, ms a layer, 64 / 16): decode alone 0.135 / 0.182 at 1 row, 0.143 / 0.182 at 16; the scratch
 // path 0.268 / 0.314 at 1 row, 0.802 / 0.856 at 16.
 static float* aligned_floats(std::vector<float>& store, int64_t n) {

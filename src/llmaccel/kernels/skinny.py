@@ -41,7 +41,7 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["argmax", "argmax_head", "available", "block_codes", "build", "fused_layer", "fused_layer_runs", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
+__all__ = ["argmax", "argmax_head", "available", "block_codes", "build", "fused_layer", "fused_layer_runs", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "quantize_like_gguf", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 
@@ -294,6 +294,21 @@ def block_codes(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
             if not todo.any():
                 return d_out, m, q_out, bits
     return None
+
+
+def quantize_like_gguf(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """An (n, k) fp32 weight as llama.cpp quantises it per 32 along k and gguf dequantises it:
+    Q4_1 (bits 4: d = (max - min) / 15, m = min, both fp16) or Q8_0 (bits 8: d = amax / 127 in fp16).
+    What `block_codes` reads back; the tests and benchmarks make GGUF-like weights with it."""
+    n, k = w.shape
+    w = w.float().reshape(n, k // 32, 32)
+    if bits == 4:
+        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        d, m = ((hi - lo) / 15).half().float(), lo.half().float()
+        q = ((w - lo) / ((hi - lo) / 15)).nan_to_num(0).round().clamp(0, 15)
+        return (d * q + m).view(n, k)
+    d = (w.abs().amax(-1, keepdim=True) / 127).half().float()
+    return (d * (w / d).nan_to_num(0).round().clamp(-127, 127)).view(n, k)
 
 
 def _pack_codes(d: torch.Tensor, m: torch.Tensor, q: torch.Tensor, bits: int, nb: int) -> torch.Tensor:

@@ -15,7 +15,7 @@ namespace {
 // Every loop over a tile's registers carries `#pragma GCC unroll`: without it GCC (12, -O3) kept the
 // accumulator arrays on the stack and stored every accumulator after each FMA, so the store port, not
 // the FMAs, set the pace. AVX2 (Zen 3), one layer of SmolLM2, 16 queries over 316 keys
-// (docs/microbench/attention_phases.cpp, hot): 243-260 -> 117-133 us a call; whole 16-token steps
+// (benchmarks/attention_phases.cpp, hot): 243-260 -> 117-133 us a call; whole 16-token steps
 // 0.925x, 4-token 0.957x (alternating in one process). Same FMAs in the same order: same numbers.
 constexpr int RT = AVL == 16 ? 4 : 2;
 constexpr int JT = AVL == 16 ? 6 : 5;

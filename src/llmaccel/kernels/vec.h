@@ -79,7 +79,7 @@ __attribute__((always_inline)) inline avec vexp_portable(avec x) {
 // exp on each lane, as vexp_portable. On AVX-512 the same arithmetic with its floor (vrndscaleps) and
 // 2^n scaling (vscalefps, zeroing the lanes below -87 by mask): ~16 instructions where the portable
 // form takes ~25, and bit for bit the same result for every one of the 2^32 inputs
-// (docs/microbench/vexp_check.cpp): 3.83 -> 2.96 ns a vector in a loop. A 16-token step of SmolLM2 at
+// (benchmarks/vexp_check.cpp): 3.83 -> 2.96 ns a vector in a loop. A 16-token step of SmolLM2 at
 // 300 cached tokens computes ~45 k exps a layer.
 __attribute__((always_inline)) inline avec vexp(avec x) {
 #if defined(__AVX512F__)

@@ -1,3 +1,4 @@
+// TileConfig below is a deliberate copy of amx.h's (src/llmaccel/kernels), so this file builds alone.
 // Tile-unit instruction patterns for one block (9 bf16 products, 16 rows), one core, no vector work:
 //   0 the kept pattern (3 B + 3 A tile loads, 3 C tiles zeroed, 9 products, 3 C stores)
 //   1 products only, 2 products + C stores, 3 products + loads (no stores)

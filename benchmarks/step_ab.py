@@ -2,7 +2,7 @@
 (so the machine's drift hits both alike): k tokens on top of 300 cached ones, logits for all k and their
 argmax, as `llmaccel cost` times them. Off, every row count takes the vector path.
 
-    .venv/bin/python docs/microbench/step_ab.py [--sizes 1,2,3,4,8,16] [--reps 300] [--context 300]
+    .venv/bin/python benchmarks/step_ab.py [--sizes 1,2,3,4,8,16] [--reps 300] [--context 300]
 
 Prints the median of each setting per k, in ms, and their ratio.
 """

@@ -1,7 +1,7 @@
 """Whole SmolLM2 steps with the LM head's 8-bit codes in both layouts (AMX order) or only the vector
 path's layout (the AMX path then decodes from that one), alternating step by step in one process.
 
-    .venv/bin/python docs/microbench/head_layout_ab.py [--sizes 4,8,16] [--reps 200]
+    .venv/bin/python benchmarks/head_layout_ab.py [--sizes 4,8,16] [--reps 200]
 """
 import argparse
 import statistics

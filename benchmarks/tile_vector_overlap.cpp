@@ -1,3 +1,4 @@
+// TileConfig below is a deliberate copy of amx.h's (src/llmaccel/kernels), so this file builds alone.
 // Do tile products overlap with independent vector work? MODE bits: 1 three tile products,
 // 2 24 FMAs, 4 24 vpermw, 8 24 loads, 16 three B tile loads, 32 a C tile store, 64 an A tile load,
 // 128 24 vector stores, 256 24 vector stores then a tile load of them.

@@ -1,5 +1,8 @@
+// A deliberate copy, frozen as measured in session 23, of gemm_vector.cpp's tile, decode_blocks,
+// tile_codes (4 bits, no bias) and run_panels, with the variants it compares; the kernel may have
+// moved on since.
 // Session 23: the vector (non-AMX) path for 4-bit code blocks on an AVX2 CPU (this session's machine: AMD
-// EPYC, Zen 3, no AVX-512). A copy of skinny_gemm.cpp's decode_blocks / tile / run_panels for NB = 16,
+// EPYC, Zen 3, no AVX-512). The copy is the kernel for NB = 16,
 // MR = 6, over SmolLM2's seven linears a layer (random codes), 2 threads with a contiguous panel range
 // each, as skinny_linear splits them. Three comparisons, each one's variants alternating rep by rep in
 // one process, medians, ms a layer:
@@ -81,7 +84,7 @@ static void decode_blocks(const uint8_t* blk, int64_t nb, float* w, const uint8_
   }
 }
 
-// skinny_gemm.cpp's tile_codes for 4 bits, no bias
+// gemm_vector.cpp's tile_codes for 4 bits, no bias
 template <int R>
 static void tile_codes(const float* __restrict x, int64_t ldx, const uint8_t* __restrict blk, int64_t nb, float* y, int64_t ldy, const uint8_t* pf_end) {
   vec acc[R][NV];

@@ -1,7 +1,7 @@
 """Microbenchmark: SmolLM2-135M linears at decoding-step row counts, F.linear vs MKL packed vs skinny
 (fp32 panels) vs skinny (code blocks).
 
-    python -m llmaccel.kernels.bench_skinny [--reps 11] [--rows 1,2,4,8,16,32] [--layers 30]
+    .venv/bin/python benchmarks/bench_skinny.py [--reps 11] [--rows 1,2,4,8,16,32] [--layers 30]
 
 Per layer the seven linears of SmolLM2-135M (q 576x576, k/v 192x576, o 576x576, gate/up 1536x576,
 down 576x1536), each layer with its own weights (~14 MB a layer, ~425 MB for 30, as in the real
@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from llmaccel.kernels import skinny
+from llmaccel.kernels.skinny import quantize_like_gguf
 
 HIDDEN, INTER, KV, VOCAB = 576, 1536, 192, 49152
 LAYER_SHAPES = [  # (out N, in K) as nn.Linear stores them
@@ -33,20 +34,6 @@ LAYER_SHAPES = [  # (out N, in K) as nn.Linear stores them
 
 def _mkl_ok() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_linear")
-
-
-def quantize_like_gguf(w: torch.Tensor, bits: int) -> torch.Tensor:
-    """An (n, k) fp32 weight as llama.cpp quantises it per 32 along k and gguf dequantises it:
-    Q4_1 (bits 4: d = (max - min) / 15, m = min, both fp16) or Q8_0 (bits 8: d = amax / 127 in fp16)."""
-    n, k = w.shape
-    w = w.float().reshape(n, k // 32, 32)
-    if bits == 4:
-        lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-        d, m = ((hi - lo) / 15).half().float(), lo.half().float()
-        q = ((w - lo) / ((hi - lo) / 15)).nan_to_num(0).round().clamp(0, 15)
-        return (d * q + m).view(n, k)
-    d = (w.abs().amax(-1, keepdim=True) / 127).half().float()
-    return (d * (w / d).nan_to_num(0).round().clamp(-127, 127)).view(n, k)
 
 
 def _gguf_like(n: int, k: int, bits: int) -> torch.Tensor:

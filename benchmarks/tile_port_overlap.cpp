@@ -1,3 +1,4 @@
+// TileConfig below is a deliberate copy of amx.h's (src/llmaccel/kernels), so this file builds alone.
 // Do nine tile products (one 16-row block's worth) overlap with vector work, and does it matter where
 // the vector work sits? Vector work: 8 x NF x 9 independent ops of one kind, chosen at build time:
 // FMAs (default), -DPERM vpermw (port 5), -DSHIFT vpsrlw (port 0), -DLOGIC vpxor (ports 0 and 5).

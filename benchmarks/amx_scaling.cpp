@@ -1,4 +1,7 @@
-// Two ways to take vector work out of the 16-row AMX block loop (skinny_gemm.cpp), one core, hot,
+// NB, QB, Q4_BYTES, Q8_BYTES and Packed below are deliberate copies of gemm_paths.h's (AVX-512 values),
+// for the helpers run.sh copies out of gemm_amx.cpp; its `current` loop is a deliberate copy of
+// run_panels_amx's block loop (gemm_amx.cpp) as it was in session 18.
+// Two ways to take vector work out of the 16-row AMX block loop (gemm_amx.cpp), one core, hot,
 // ns per 48 x 32 block (session 18):
 //   current  the kernel's loop (decode, 9 tile products, scale_block with the d and m terms)
 //   m tiles  the m term out of the loop: the scaling keeps d only (acc += d C, one FMA a row and

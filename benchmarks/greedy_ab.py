@@ -1,7 +1,7 @@
 """Plain greedy decoding (1-token steps only) of SmolLM2 with the AMX path off and on, alternating
 generation by generation in one process: decode tokens/s of each setting, medians.
 
-    .venv/bin/python docs/microbench/greedy_ab.py [--rows 5] [--rounds 3] [--max-new-tokens 128]
+    .venv/bin/python benchmarks/greedy_ab.py [--rows 5] [--rounds 3] [--max-new-tokens 128]
 
 The prompts are the first --rows rows of ../shared/data/llma/cnndm.dev.jsonl (the chat template over the
 user message, as `llmaccel bench` builds them); the tokens of both settings are checked equal.

@@ -5,7 +5,7 @@ Copies the package to a temporary folder, puts an `rdtsc` timestamp after every 
 under its own hash), runs steady loops of `LoadedModel.greedy` steps of k tokens over 300 cached
 tokens (one process per k), and prints us a layer per phase and thread.
 
-    .venv/bin/python docs/microbench/layer_phases.py [--sizes 1,16] [--steps 300]
+    .venv/bin/python benchmarks/layer_phases.py [--sizes 1,16] [--steps 300]
 
 Phases (SmolLM2; the small-attention path at k=1, tile_attention at k>1): p1 RMSNorm + split, p2 q/k/v,
 p3 barrier, p4 RoPE + cache, p5 barrier, p6 attention (k=1: items + barrier), p7 k=1: merge + barrier,
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 STEPS = r'''
 import sys, time, statistics, torch, llmaccel
 k, reps = int(sys.argv[1]), int(sys.argv[2])

@@ -1,3 +1,4 @@
+// TileConfig below is a deliberate copy of amx.h's (src/llmaccel/kernels), so this file builds alone.
 // Vector stores of a 1 KB tile, then a tile load of what was stored DIST rounds ago, with or without
 // three tile products a round. MODE bits: 1 stores, 2 tile load, 4 products.
 //   ./store_then_tile_load MODE DIST    (ns per round)

@@ -1,4 +1,4 @@
-"""Step costs on a GPU with and without CUDA graphs, same run: `python -m llmaccel.bench.graph_cost`.
+"""Step costs on a GPU with and without CUDA graphs, same run: `.venv/bin/python benchmarks/graph_cost.py`.
 
 The model has SmolLM2-135M's shape with random weights (the costs do not depend on the values), so the
 GPU machine needs no model files. Prints `bench.cost`'s table for two rounds of each engine.
@@ -12,7 +12,7 @@ import torch
 
 import llmaccel
 from llmaccel.bench.cost import cost_table, step_costs
-from llmaccel.kernels.bench_skinny import HIDDEN, INTER, VOCAB
+from bench_skinny import HIDDEN, INTER, VOCAB  # benchmarks/, next to this file
 
 
 def smollm2_shaped(device: str):

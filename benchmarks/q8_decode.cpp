@@ -1,3 +1,5 @@
+// NB, QB, Q4_BYTES, Q8_BYTES and Packed below are deliberate copies of gemm_paths.h's (AVX-512 values),
+// for the helpers run.sh copies out of gemm_amx.cpp.
 // 8-bit codes (Q8_0, SmolLM2's LM head) to one block's three bf16 B tiles, one core, hot: the kernel's
 // decode_block (codes in the vector path's layout: two rows interleaved per k pair, through fp32), the
 // same layout through int8 -> fp16 -> bf16, and the codes pre-arranged in the tiles' order (the layout
@@ -15,7 +17,7 @@
 #include <unistd.h>
 constexpr int NB=48; constexpr int64_t QB=32; constexpr int64_t Q4_BYTES = 8*NB+16*NB; constexpr int64_t Q8_BYTES=8*NB+32*NB;
 struct Packed { const float* f32=nullptr; const uint8_t* q=nullptr; const uint8_t* qa=nullptr; int bits=32; int64_t block_bytes=0; };
-#include "helpers.inc"  // the kernel's AMX helpers, copied out of skinny_gemm.cpp by run.sh
+#include "helpers.inc"  // the kernel's AMX helpers, copied out of gemm_amx.cpp by run.sh
 static double now(){return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();}
 // candidate: same layout, int8 -> int16 -> fp16 (exact) -> bf16 by rebiasing the exponent
 static inline void decode_q8_fp16(const uint8_t* blk, uint16_t* t) {

@@ -5,7 +5,7 @@ both alike. Both must pack weights the same way, and the other tree's extension 
 this tree's Python calls (since session 25, `rms_norm_rows`). Asserts that both give the same tokens every step.
 
     git worktree add /tmp/old <commit>
-    .venv/bin/python docs/microbench/build_ab.py /tmp/old/src [--sizes 1,4,16] [--reps 150] [--context 300] [--fp32]
+    .venv/bin/python benchmarks/build_ab.py /tmp/old/src [--sizes 1,4,16] [--reps 150] [--context 300] [--fp32]
 
 --fp32 loads the model with fp32 panels instead of code blocks. Prints the median of each per k and
 this/other.

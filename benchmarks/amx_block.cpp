@@ -1,4 +1,7 @@
-// One 16-row panel of the AMX code-block path (skinny_gemm.cpp), hot in cache, one core: ns per
+// NB, QB, Q4_BYTES, Q8_BYTES and Packed below are deliberate copies of gemm_paths.h's (AVX-512 values),
+// for the helpers run.sh copies out of gemm_amx.cpp; its `current` loop is a deliberate copy of
+// run_panels_amx's block loop (gemm_amx.cpp) as it was in session 17.
+// One 16-row panel of the AMX code-block path (gemm_amx.cpp), hot in cache, one core: ns per
 // 48 x 32 block, for the kept loop and four reorderings of it (all checked equal to it bit for bit):
 //   current  decode, 9 tile products, scale, block by block (the kernel's loop)
 //   dbuf     C tiles 0-2 / 3-5 alternate between blocks, A = tile 6, B = tile 7 reloaded per product;
@@ -10,7 +13,7 @@
 // (Earlier variants measured in BENCHMARKS.md: register accumulators with the column groups outermost,
 // session 16, and il / dil, slices with looser code, session 17, are in git history at commit cc5df2b.)
 //   ./amx_block x NB_BLOCKS PANELS PARTS LAG    PARTS: bits 1 decode, 2 tile products, 4 scaling
-// (the kernel's own decode / tile / scale functions are pulled in from skinny_gemm.cpp by run.sh).
+// (the kernel's own decode / tile / scale functions are pulled in from gemm_amx.cpp by run.sh).
 #include <immintrin.h>
 #include <cstdint>
 #include <cstdio>

@@ -2,7 +2,7 @@
 30 layers' q/k/v, o, gate/up and down "cold" (every layer in turn, as a step reads them) and "hot" (one
 layer's four matrices 30 times, so they stay in L2), and the LM head, at 1 and 16 rows.
 
-    .venv/bin/python docs/microbench/linears_hot_cold.py
+    .venv/bin/python benchmarks/linears_hot_cold.py
 
 Hot vs cold tells whether a row count is bound by the kernel's work or by reading the weights.
 Medians of 40 rounds, ms.

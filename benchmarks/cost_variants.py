@@ -1,6 +1,6 @@
 """cost(k)/cost(1) of SmolLM2's engine steps under two weight layouts and two kinds of context, one process.
 
-    .venv/bin/python docs/microbench/cost_variants.py [--context 300] [--rounds 3] [--reps 9]
+    .venv/bin/python benchmarks/cost_variants.py [--context 300] [--rounds 3] [--reps 9]
 
 Layouts: the code blocks the engine uses by default (`skinny.pack` finds the GGUF blocks in the fp32
 weights), and fp32 panels (`skinny.pack(w, codes=False)`: 540 MB of fp32 weights streamed a step, the

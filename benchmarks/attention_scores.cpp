@@ -1,3 +1,4 @@
+// TileConfig below is a deliberate copy of amx.h's (src/llmaccel/kernels), so this file builds alone.
 // Would AMX pay for multi-token attention? Scores St (keys x rows) of one KV head for a 16-token step of
 // SmolLM2 (3 query heads x 16 tokens = 48 rows, D = 64) over S keys: the engine's FMA register tiles
 // (tiles.h, as tile_attention runs them) against AMX with K kept as three bf16 parts (as a cache mirror

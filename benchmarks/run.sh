@@ -1,21 +1,21 @@
 #!/bin/bash
 # Builds and runs the AMX microbenchmarks of BENCHMARKS.md ("Engine cost", session 16) on this CPU.
-# Needs g++ and a CPU with AMX (amx_bf16). Usage: docs/microbench/run.sh [BUILD_DIR]
+# Needs g++ and a CPU with AMX (amx_bf16). Usage: benchmarks/run.sh [BUILD_DIR]
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:-/tmp/llmaccel-microbench}
 mkdir -p "$out"
 # the kernel's AMX helpers (tile config, split, decode, block products, scaling), verbatim
-python3 - "$here/../../src/llmaccel/kernels/skinny_gemm.cpp" "$out/helpers.inc" <<'PY'
+python3 - "$here/../src/llmaccel/kernels/gemm_amx.cpp" "$out/helpers.inc" <<'PY'
 import sys
 s = open(sys.argv[1]).read()
 open(sys.argv[2], "w").write('#include "amx.h"\n' + s[s.index("constexpr int64_t AMX_ROWS"):s.index("// Panels [p0, p1), each block")])
 PY
 for f in amx_block amx_scaling tile_patterns store_then_tile_load tile_vector_overlap q8_decode; do
-  g++ -O3 -march=native -ffp-contract=fast -I"$out" -I"$here/../../src/llmaccel/kernels" -o "$out/$f" "$here/$f.cpp"
+  g++ -O3 -march=native -ffp-contract=fast -I"$out" -I"$here/../src/llmaccel/kernels" -o "$out/$f" "$here/$f.cpp"
 done
 # tile_attention with a timestamp at each phase boundary
-python3 - "$here/../../src/llmaccel/kernels/decoder_layer.cpp" "$out/tile_attention_phases.inc" <<'PY2'
+python3 - "$here/../src/llmaccel/kernels/decoder_layer.cpp" "$out/tile_attention_phases.inc" <<'PY2'
 import sys
 s = open(sys.argv[1]).read()
 s = s[s.index("bool step_tiles = true;"):s.index("void add_into(")]
@@ -31,12 +31,12 @@ for a, b in marks:
 i = s.rindex("  }\n}")
 open(sys.argv[2], "w").write(s[:i] + "    TMARK(7);\n" + s[i:])
 PY2
-g++ -O3 -march=native -ffp-contract=fast -fopenmp -I"$out" -I"$here/../../src/llmaccel/kernels" -o "$out/attention_phases" "$here/attention_phases.cpp"
-g++ -O3 -march=native -ffp-contract=fast -I"$here/../../src/llmaccel/kernels" -o "$out/vexp_check" "$here/vexp_check.cpp"
+g++ -O3 -march=native -ffp-contract=fast -fopenmp -I"$out" -I"$here/../src/llmaccel/kernels" -o "$out/attention_phases" "$here/attention_phases.cpp"
+g++ -O3 -march=native -ffp-contract=fast -I"$here/../src/llmaccel/kernels" -o "$out/vexp_check" "$here/vexp_check.cpp"
 g++ -O2 -march=native -o "$out/tile_rows" "$here/tile_rows.cpp"
 for v in FMA PERM SHIFT LOGIC; do g++ -O2 -march=native -D$v -o "$out/tile_port_overlap_$v" "$here/tile_port_overlap.cpp"; done
 for lim in 4 2; do
-  g++ -O3 -march=native -ffp-contract=fast -DLIM=$lim -I"$here/../../src/llmaccel/kernels" -o "$out/attention_scores_$lim" "$here/attention_scores.cpp"
+  g++ -O3 -march=native -ffp-contract=fast -DLIM=$lim -I"$here/../src/llmaccel/kernels" -o "$out/attention_scores_$lim" "$here/attention_scores.cpp"
 done
 cd "$out"
 echo "== tile_patterns (ns per block)"; for m in 0 1 2 3 5 7; do ./tile_patterns $m; done

@@ -3,7 +3,7 @@ process: "old" runs the model's rotary module and F.rms_norm for the final norm,
 up in lean's table and normalises in C++ (`skinny.rms_norm_rows`). Prints medians per k and new/old, and
 whether the greedy tokens differed in any step.
 
-    .venv/bin/python docs/microbench/glue_ab.py [--sizes 1,2,4] [--reps 120] [--context 300]
+    .venv/bin/python benchmarks/glue_ab.py [--sizes 1,2,4] [--reps 120] [--context 300]
 """
 import argparse
 
