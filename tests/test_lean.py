@@ -27,7 +27,7 @@ def _pair(arch: str, seed: int = 0):
 def test_lean_forward_equals_modules_bitwise(arch):
     fast, slow = _pair(arch)
     assert fast.stack is not None and slow.stack is None
-    fast.stack.native = False  # the Python layer; the C++ layer is compared below, to fp32 rounding
+    fast.stack.cpp_layers = False  # the Python layer; the C++ layer is compared below, to fp32 rounding
     rng = random.Random(arch)
     cf, cs = fast.new_cache(), slow.new_cache()
     T = rng.randint(1, 50)
@@ -107,7 +107,7 @@ def test_tree_step_equals_modules_and_linear_oracle(arch):
     depth = torch.tensor([0, 1, 2, 1])
     block = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
     outs = []
-    fast.stack.native = False
+    fast.stack.cpp_layers = False
     for lm in (fast, slow):
         cache = lm.new_cache()
         lm.forward(prompt, 0, cache, keep=1)
@@ -154,7 +154,7 @@ def test_native_layer_matches_python_layer(arch, tiles):
 
 def _native_vs_python(arch: str) -> None:
     fast, _ = _wide_llama() if arch == "wide-llama" else _pair(arch, seed=2)
-    assert fast.stack.native
+    assert fast.stack.cpp_layers
     rng = random.Random(7)
     V = fast.vocab_size
     caches = [fast.new_cache(), fast.new_cache()]
@@ -180,10 +180,10 @@ def _native_vs_python(arch: str) -> None:
                     j = parent[j]
             depth, block = torch.tensor(d), vis
         outs = []
-        for native, c in zip((True, False), caches):
-            fast.stack.native = native
+        for cpp, c in zip((True, False), caches):
+            fast.stack.cpp_layers = cpp
             outs.append(fast.forward(ids, pos, c, keep=k, depth=depth, block=block))
-        fast.stack.native = True
+        fast.stack.cpp_layers = True
         # fp32 rounding of a different summation order, through two layers: ~1e-5 of the logits' scale
         # (measured against a float64 run of the model: both paths have the same error)
         scale = float(outs[1].abs().max())
@@ -231,7 +231,7 @@ def test_fused_layer_equals_op_by_op_bitwise(arch, intermediate, codes):
     if not skinny.available():
         pytest.skip("the C++ layer needs the kernel")
     lm = _coded_llama(arch, intermediate, codes=codes)
-    assert lm.stack.native and all((l.qkv.packed.dtype == torch.uint8) == codes for l in lm.stack.layers)
+    assert lm.stack.cpp_layers and all((l.qkv.packed.dtype == torch.uint8) == codes for l in lm.stack.layers)
     rng = random.Random(11)
     caches = [lm.new_cache(), lm.new_cache()]
     prompt = torch.randint(0, lm.vocab_size, (1, 300))

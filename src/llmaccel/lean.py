@@ -14,7 +14,7 @@ Two layers, one arithmetic:
   checked equal bit for bit; attention is
   `attention.grouped_attention`, the function the module path uses), so the logits equal the module
   path's bit for bit (tested on tiny Llama/Qwen2/Mistral and on SmolLM2);
-- the C++ layer (`kernels/decoder_layer.cpp`, `Stack.native`) for decoding steps: the same formulas
+- the C++ layer (`kernels/decoder_layer.cpp`, `Stack.cpp_layers`) for decoding steps: the same formulas
   with one call per layer instead of ~20 (a 1-token step of SmolLM2 ~31 -> ~25 ms), and the final
   norm as the C++ layer computes its norms; equal to the Python layer to fp32 rounding, same greedy
   tokens (tested).
@@ -27,16 +27,15 @@ Pure torch over plain tensors: models.py reads the weights out of the transforme
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 
 import torch
 import torch.nn.functional as F
 
 from llmaccel.attention import grouped_attention
 from llmaccel.kernels import skinny
+from llmaccel.kernels.skinny import SKINNY_MAX_ROWS
 
-# Steps of up to this many rows use the skinny kernel (linear.py measured it ahead of MKL up to ~40).
-SKINNY_MAX_ROWS = 40
 # Steps of up to this many tokens use the C++ layer's own attention (decoder_layer.cpp), longer ones
 # PyTorch's SDPA (BENCHMARKS.md, "attention in the C++ layer").
 SMALL_ATTENTION_MAX_T = 1
@@ -128,10 +127,16 @@ class Stack:
     head_dim: int
     scaling: float
     rotary: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # positions (1, T) -> cos, sin (1, T, D)
-    native: bool = False  # steps of few rows run each layer in C++ (kernels/decoder_layer.cpp)
-    small_attention_max_t: int = SMALL_ATTENTION_MAX_T
+    # decoding steps of up to SKINNY_MAX_ROWS tokens run each decoder layer as one C++ call
+    # (kernels/decoder_layer.cpp) instead of torch ops; prefill and longer steps always take torch ops
+    cpp_layers: bool = False
     argmax_head: tuple[torch.Tensor, torch.Tensor] | None = None  # skinny.pack_argmax_head(head weight), or None
     rope: RopeTable | None = None  # cos, sin of the first positions; `rotary` beyond them, or if None
+    native: InitVar[bool | None] = None  # transitional: cpp_layers' old name, until models/lean_weights.py passes cpp_layers=
+
+    def __post_init__(self, native: bool | None) -> None:
+        if native is not None:
+            self.cpp_layers = native
 
 
 def step_mask(
@@ -159,7 +164,7 @@ def step_mask(
     return mask[None, None]
 
 
-def _native_cache(cache, n_layers: int) -> bool:
+def _cache_ready_for_cpp(cache, n_layers: int) -> bool:
     """The C++ layer writes into llmaccel's preallocated buffers, once prefill has created them."""
     layers = getattr(cache, "layers", [])
     return len(layers) == n_layers and all(getattr(l, "_kbuf", None) is not None for l in layers)
@@ -193,8 +198,8 @@ def forward(
     # one mask per window length (full layers: None), shared by the layers that use it
     masks = {} if prefill is not None else {w: step_mask(start, positions, block, w) for w in {l.window for l in stack.layers}}
     h = F.embedding(ids, stack.embed)  # (T, H)
-    if prefill is None and start > 0 and stack.native and T <= SKINNY_MAX_ROWS and _native_cache(cache, len(stack.layers)):
-        _native_layers(stack, h, cos, sin, start, cache, masks)
+    if prefill is None and start > 0 and stack.cpp_layers and T <= SKINNY_MAX_ROWS and _cache_ready_for_cpp(cache, len(stack.layers)):
+        _cpp_layers(stack, h, cos, sin, start, cache, masks)
         # the final norm as the C++ layer normalises (skinny.rms_norm_rows says why not F.rms_norm)
         h = skinny.rms_norm_rows(h[keep], stack.norm, stack.eps)  # (rows kept, H)
     else:
@@ -221,8 +226,8 @@ def greedy_head(stack: Stack, h: torch.Tensor) -> torch.Tensor:
     return skinny.argmax(stack.head(h))
 
 
-def _native_layers(stack: Stack, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, cache,
-                   masks: dict) -> None:
+def _cpp_layers(stack: Stack, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, start: int, cache,
+                masks: dict) -> None:
     """Every layer in C++, in place on h (T, H); cos, sin (T, D)."""
     T = h.shape[0]
     for i, layer in enumerate(stack.layers):
@@ -231,7 +236,7 @@ def _native_layers(stack: Stack, h: torch.Tensor, cos: torch.Tensor, sin: torch.
         skinny.llama_layer(h, layer.ln1, layer.qkv.packed, layer.qkv.n, layer.qkv.bias, layer.o.packed, layer.ln2,
                            layer.gate_up.packed, layer.gate_up.n, layer.down.packed, cos, sin, kbuf, vbuf,
                            start, masks[layer.window], stack.n_heads, stack.n_kv_heads, stack.eps, stack.scaling,
-                           stack.small_attention_max_t)
+                           SMALL_ATTENTION_MAX_T)
         kv.advance(T)
 
 

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from llmaccel.kernels import skinny
+from llmaccel.kernels.skinny import SKINNY_MAX_ROWS
 
 log = logging.getLogger(__name__)
 
-SKINNY_MAX_ROWS = 40  # measured up to 33 rows, still 1.6x ahead of MKL there; prefill goes to F.linear
 MKL_MIN_ROWS = 3  # fallback path: at 1-2 rows MKL's unpacked GEMV is as fast as its packed GEMM
 MKL_PACK_ROWS = 16  # the row count MKL is told to pack for; results are correct for any count
 

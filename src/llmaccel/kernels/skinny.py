@@ -41,9 +41,12 @@ from llmaccel.paths import cache_dir
 
 log = logging.getLogger(__name__)
 
-__all__ = ["argmax", "argmax_head", "available", "block_codes", "build", "fused_layer", "fused_layer_runs", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "quantize_like_gguf", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
+__all__ = ["SKINNY_MAX_ROWS", "argmax", "argmax_head", "available", "block_codes", "build", "fused_layer", "fused_layer_runs", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "quantize_like_gguf", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
+# Steps of up to this many rows use the skinny kernel, more rows (prefill) F.linear: on 2 AVX-512 cores
+# over SmolLM2's linears it was still 1.6x ahead of MKL at 33 rows (linear.py has the table).
+SKINNY_MAX_ROWS = 40
 
 _DIR = Path(__file__).parent
 # one extension: the decoder layer calls the GEMM; sparse prefill attention and argmax ride along (one
