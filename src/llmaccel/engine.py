@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmaccel.drafting.lookahead import JacobiWindow, LookaheadOptions, NgramPool, WindowGate
+from llmaccel.drafting.lookahead import MAX_WINDOW_TOKENS, JacobiWindow, LookaheadOptions, NgramPool, WindowGate
 from llmaccel.drafting.reference import DEFAULT_STEP_COST, ReferenceDrafter, ReferenceOptions, expected_tokens
 from llmaccel.drafting.tree import DraftTree, flatten
 from llmaccel.errors import GenerationError, InputTypeError, check_int
@@ -39,6 +39,7 @@ __all__ = ["MAX_REFERENCE_TOKENS", "MAX_STEP_TOKENS", "METHODS", "Decoder", "Gen
 # Most tokens in one step (tree + window). Not tuned: a 32-token step already costs 2.2-4x a 1-token
 # step on the CPU (`llmaccel cost`), and the default lookahead settings stay far below this.
 MAX_STEP_TOKENS = 64
+assert MAX_STEP_TOKENS >= 2 * MAX_WINDOW_TOKENS  # room for a draft beside the largest window
 # Most reference tokens one generation indexes (~8 MB of English text). The index is a suffix
 # automaton in Python (BENCHMARKS.md, "Reference index size": seconds and hundreds of MB per million
 # tokens), so past this a mistake such as a whole corpus passed as a reference would take minutes
@@ -210,7 +211,10 @@ class Decoder:
         self.stop = StopChecker(lm.eos_token_ids, self.budget, _check_stop_strings(stop_strings), lm.decode)
         self.references = _check_references(references, lm.vocab_size)
         self.options = options or ReferenceOptions()
-        self.lookahead_options = lookahead or LookaheadOptions()
+        self.lookahead_options = la = lookahead or LookaheadOptions()
+        # Every step fits in MAX_STEP_TOKENS: the window's nodes (at most MAX_WINDOW_TOKENS, checked by the
+        # options), then the root and the draft tree.
+        self.window_tokens = la.window * (la.ngram - 1) if method in ("lookahead", "auto") else 0
         chosen = step_cost if step_cost is not None else getattr(lm, "step_cost", None)
         self.step_cost = _check_step_cost(chosen) if chosen is not None else DEFAULT_STEP_COST
         self.drafter: ReferenceDrafter | None = None
@@ -246,7 +250,7 @@ class Decoder:
         room = self.budget - len(self.out) - 1  # drafted tokens that can still be kept (the bonus comes on top)
         if self.drafter is None or room <= 0:
             return tree, [], False
-        draft = self.drafter.propose(room)
+        draft = self.drafter.propose(min(room, MAX_STEP_TOKENS - 1 - self.window_tokens))
         tree.add(draft)
         for alt in self.drafter.alternatives(len(draft)):
             tree.add(alt, max_nodes=MAX_STEP_TOKENS // 2)

@@ -26,6 +26,11 @@ from dataclasses import dataclass
 from llmaccel.errors import GenerationError, check_int
 
 
+# Most tokens a window may hold (W x (N-1)): half of the engine's step cap (engine.MAX_STEP_TOKENS),
+# so a draft fits beside it. The measured best window is 1 x 1 on the CPU (see below).
+MAX_WINDOW_TOKENS = 32
+
+
 @dataclass(frozen=True)
 class LookaheadOptions:
     # Defaults from the W x N x G sweep on the 2-core CPU (BENCHMARKS.md, "lookahead sweep"): every
@@ -47,6 +52,9 @@ class LookaheadOptions:
         check_int("ngram", self.ngram, 2)
         check_int("pool_size", self.pool_size, 1)
         check_int("seed", self.seed)
+        if self.window * (self.ngram - 1) > MAX_WINDOW_TOKENS:
+            raise GenerationError(f"window {self.window} x (ngram {self.ngram} - 1) = {self.window * (self.ngram - 1)} "
+                                  f"tokens; a window holds at most {MAX_WINDOW_TOKENS}")
         if not 1 <= self.explore_every <= self.max_explore_every or self.gate_prior < 0:
             raise GenerationError(f"need 1 <= explore_every <= max_explore_every and gate_prior >= 0, got "
                              f"{self.explore_every}, {self.max_explore_every}, {self.gate_prior}")
