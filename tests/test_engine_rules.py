@@ -67,7 +67,8 @@ def test_auto_opens_its_window_on_repetitive_text(tiny):
     prompt = [rng.choice(alphabet) for _ in range(50)]
     want = oracle_greedy(plain, prompt, 60)
     la = llmaccel.LookaheadOptions(window=2, ngram=3, pool_size=3, explore_every=2, max_explore_every=4)
-    result = llmaccel.generate(lm, prompt, method="auto", max_new_tokens=60, lookahead=la)
+    result = llmaccel.generate(lm, prompt, method="auto", max_new_tokens=60, lookahead=la,
+                               options=llmaccel.ReferenceOptions(copy_len=4))  # 15+ steps: room to explore
     assert result.token_ids == want
     assert any(s.window for s in result.step_stats)
     assert not all(s.window for s in result.step_stats)  # the gate decides per step

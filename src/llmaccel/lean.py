@@ -20,14 +20,14 @@ Two layers, one arithmetic:
   tokens (tested).
 The module path stays the reference and the fallback for other architectures (Gemma-3, GPT-2, ...).
 
-Pure torch over plain tensors: models.py reads the weights out of the transformers model into
+Pure torch over plain tensors: models/lean_weights.py reads the weights out of the transformers model into
 `Stack`; nothing here imports transformers. Batch 1 for now; hidden states are (T, H).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import InitVar, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -132,11 +132,6 @@ class Stack:
     cpp_layers: bool = False
     argmax_head: tuple[torch.Tensor, torch.Tensor] | None = None  # skinny.pack_argmax_head(head weight), or None
     rope: RopeTable | None = None  # cos, sin of the first positions; `rotary` beyond them, or if None
-    native: InitVar[bool | None] = None  # transitional: cpp_layers' old name, until models/lean_weights.py passes cpp_layers=
-
-    def __post_init__(self, native: bool | None) -> None:
-        if native is not None:
-            self.cpp_layers = native
 
 
 def step_mask(

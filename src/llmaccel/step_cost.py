@@ -134,9 +134,9 @@ def read(lm) -> dict[int, float] | None:
         return None
 
 
-def load_or_measure(lm) -> tuple[float, ...]:
-    """The step-cost table for `lm`: read from the cache, else measured now (~1 s) and kept."""
-    measured = read(lm)
+def load_or_measure(lm, fresh: bool = False) -> tuple[float, ...]:
+    """The step-cost table for `lm`: read from the cache, else (or with `fresh`) measured now (~1 s) and kept."""
+    measured = None if fresh else read(lm)
     if measured is None:
         context = max(1, min(TABLE_CONTEXT, lm.max_context - max(STEP_SIZES) - 1))
         t = time.perf_counter()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from safetensors import SafetensorError
 
 from llmaccel import attention
+from llmaccel import step_cost as step_costs
 from llmaccel.graphs import GraphedSteps
 from llmaccel.linear import pack_linears
 from llmaccel.memory import keep_freed_memory
@@ -64,17 +66,29 @@ def wrap(
 
 def load(
     name_or_path: str = DEFAULT_MODEL, *, device: str = "cpu", pack: bool = True, lean_forward: bool = True,
-    cuda_graphs: bool = True,
+    cuda_graphs: bool = True, step_cost: Sequence[float] | str | None = "cached",
 ) -> LoadedModel:
     """Load a model by alias, folder or .gguf file, in fp32, ready for the engine.
 
     `pack=True` re-lays the linear weights for the fast GEMM path (see linear.py); the outputs of
-    greedy decoding are unchanged (tested). `cuda_graphs`: see `wrap`.
+    greedy decoding are unchanged (tested). `cuda_graphs`: see `wrap`. `step_cost`, the table that
+    sizes drafts (step_cost.py): "cached" reads the one kept for this model and machine or measures
+    and keeps it (~1 s), "measure" measures it anew, a sequence is taken as given, None leaves the
+    engine's fixed default.
     """
     keep_freed_memory()
     model, tokenizer = load_reference_model(name_or_path, device)
-    return wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu", lean_forward=lean_forward,
-                cuda_graphs=cuda_graphs)
+    lm = wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu", lean_forward=lean_forward,
+              cuda_graphs=cuda_graphs)
+    if step_cost == "cached":
+        lm.step_cost = step_costs.load_or_measure(lm)
+    elif step_cost == "measure":
+        lm.step_cost = step_costs.load_or_measure(lm, fresh=True)
+    elif isinstance(step_cost, str):
+        raise ValueError(f"step_cost must be 'cached', 'measure', a table or None, got {step_cost!r}")
+    elif step_cost is not None:
+        lm.step_cost = tuple(float(c) for c in step_cost)
+    return lm
 
 
 def load_reference_model(name_or_path: str = DEFAULT_MODEL, device: str = "cpu"):

@@ -46,7 +46,7 @@ def lean_stack(model) -> lean.Stack | None:
         scaling=float(a0.scaling),
         rotary=rotary,
         rope=rope,
-        native=use_skinny and a0.head_dim % 2 == 0,
+        cpp_layers=use_skinny and a0.head_dim % 2 == 0,
         # greedy steps take the argmax through an int8 copy of the head (28 MB for SmolLM2) and exact
         # float64 logits for the few tokens its error bound leaves open
         argmax_head=skinny.pack_argmax_head(head.weight) if use_skinny and head.bias is None else None,
