@@ -1,8 +1,10 @@
 """`llmaccel bench`: every method on every sample, interleaved, with outputs checked against hf-greedy.
 
 hf-greedy and hf-pld run through transformers' own `generate` on an unmodified copy of the model;
-greedy and reference run through llmaccel's engine. A forward hook (a public torch API) counts the
-forward passes of `generate` and marks when prefill ends, so all methods report the same fields.
+the engine methods (llmaccel.methods.METHODS) through llmaccel's engine; llamacpp-greedy and
+llamacpp-pld through llama.cpp on the model's GGUF file (bench/llamacpp.py). A forward hook (a public
+torch API) counts the forward passes of `generate` and marks when prefill ends, so all methods report
+the same fields.
 """
 
 from __future__ import annotations
@@ -16,16 +18,20 @@ from pathlib import Path
 
 import torch
 
-from llmaccel.bench.data import Sample
+from llmaccel.bench import llamacpp
+from llmaccel.bench.data import DataError, Sample
 from llmaccel.drafting.lookahead import LookaheadOptions
 from llmaccel.drafting.reference import ReferenceOptions
 from llmaccel.engine import Decoder
+from llmaccel.methods import METHODS as ENGINE_METHODS
 
 log = logging.getLogger(__name__)
 
 HF_METHODS = {"hf-greedy": {}, "hf-pld": {"prompt_lookup_num_tokens": 10}}
-ENGINE_METHODS = ("greedy", "reference", "lookahead", "auto")
-ALL_METHODS = (*HF_METHODS, *ENGINE_METHODS)
+ALL_METHODS = (*HF_METHODS, *ENGINE_METHODS, *llamacpp.METHODS)
+# The methods whose tokens must equal hf-greedy's (`--check`): the engine's, which are exact by design.
+# hf-pld is transformers' own; llama.cpp computes with quantised activations and may differ.
+CHECKED_METHODS = ENGINE_METHODS
 
 
 @dataclass
@@ -100,6 +106,26 @@ def prompt_ids(lm, user_message: str, chat: bool = True) -> list[int]:
     return lm.tokenizer.encode(user_message, add_special_tokens=True)
 
 
+def sample_prompt_ids(lm, sample: Sample) -> list[int]:
+    """A sample's prompt as token ids: plain text, the chat template over its one user turn, or over its
+    whole conversation (a chat row of several messages, which needs the model to have a template)."""
+    if sample.one_user_turn:
+        return prompt_ids(lm, sample.user_message, sample.chat)
+    if not getattr(lm.tokenizer, "chat_template", None):
+        raise DataError(f"{sample.where}: a chat row of {len(sample.messages)} messages needs a chat template, "
+                        f"and {lm.name} has none")
+    from jinja2 import TemplateError
+
+    messages = [{"role": role, "content": content} for role, content in sample.messages]
+    try:
+        ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except TemplateError as exc:  # e.g. a template that wants user and assistant turns to alternate
+        raise DataError(f"{sample.where}: {lm.name}'s chat template rejects these messages: {exc}") from None
+    if hasattr(ids, "keys"):  # a BatchEncoding in some transformers versions
+        ids = ids["input_ids"]
+    return list(ids)
+
+
 def run_engine(lm, prompt_ids, references, max_new_tokens: int, method: str, options: ReferenceOptions,
                lookahead: LookaheadOptions | None = None) -> Run:
     r = Decoder(
@@ -107,6 +133,10 @@ def run_engine(lm, prompt_ids, references, max_new_tokens: int, method: str, opt
         lookahead=lookahead,
     ).run()
     return Run(r.token_ids, r.steps, r.prefill_s, r.decode_s)
+
+
+def run_llamacpp(llm, prompt_ids: list[int], max_new_tokens: int, eos_ids) -> Run:
+    return Run(*llamacpp.generate(llm, prompt_ids, max_new_tokens, eos_ids))
 
 
 def summarise(samples: list[dict], methods: list[str]) -> dict:
@@ -149,26 +179,50 @@ def bench(
     hf_model = None
     if any(m in HF_METHODS for m in methods):
         hf_model, _ = models.load_reference_model(model_name, device)
+    prompts = [sample_prompt_ids(lm, s) for s in samples]
+    budgets = [max(0, min(max_new_tokens, lm.max_context - len(p))) for p in prompts]  # as the engine clamps
+    peers = {}
+    if any(m in llamacpp.METHODS for m in methods):
+        gguf = llamacpp.gguf_file(model_name)
+        n_ctx = llamacpp.context_for(max(map(len, prompts)), max_new_tokens)
+        peers = {m: llamacpp.load(gguf, n_ctx, torch.get_num_threads(), llamacpp.METHODS[m])
+                 for m in methods if m in llamacpp.METHODS}
     rows = []
     bar = tqdm(total=len(samples) * len(methods), disable=not progress, desc="bench", unit="run")
-    for k, sample in enumerate(samples):
-        prompt = prompt_ids(lm, sample.user_message, sample.chat)
+    for k, (sample, prompt, budget) in enumerate(zip(samples, prompts, budgets)):
         refs = [lm.tokenizer.encode(d, add_special_tokens=False) for d in sample.references]
         order = methods[k % len(methods) :] + methods[: k % len(methods)]  # rotate: drift hits all alike
         results = {}
         for m in order:
             if m in HF_METHODS:
                 run = run_hf(hf_model, prompt, max_new_tokens, m, lm.eos_token_ids)
+            elif m in peers:
+                run = run_llamacpp(peers[m], prompt, budget, lm.eos_token_ids)
             else:
                 run = run_engine(lm, prompt, refs, max_new_tokens, m, options, lookahead)
             results[m] = run.as_json()
             bar.update(1)
-        rows.append({"id": sample.id, "prompt_tokens": len(prompt), "methods": {m: results[m] for m in methods}})
+        rows.append({"id": sample.id, "source": sample.where, "prompt_tokens": len(prompt),
+                     "methods": {m: results[m] for m in methods}})
     bar.close()
     doc = {"model": model_name, "samples": rows, "summary": summarise(rows, methods)}
     if device != "cpu":  # cli._device admits cpu and cuda[:N] only
         doc["device"] = torch.cuda.get_device_name(device)
     return doc
+
+
+def differences(doc: dict, methods=CHECKED_METHODS) -> dict[str, list[str]]:
+    """For each of `methods` that ran, the samples (their source, else id) whose tokens differ from
+    hf-greedy's; methods without a difference are left out. Empty when hf-greedy did not run."""
+    out: dict[str, list[str]] = {}
+    for s in doc["samples"]:
+        runs = s["methods"]
+        if "hf-greedy" not in runs:
+            continue
+        for m in methods:
+            if m in runs and runs[m]["token_ids"] != runs["hf-greedy"]["token_ids"]:
+                out.setdefault(m, []).append(s.get("source") or f"sample {s['id']}")
+    return out
 
 
 def _percent(x: float | None) -> str:
@@ -199,8 +253,9 @@ def plot_speedups(doc: dict, path: Path) -> None:
     base = summary.get("hf-greedy", {}).get("decode_tokens_per_s") or next(iter(summary.values()))["decode_tokens_per_s"]
     names = list(summary)
     ratios = [summary[m]["decode_tokens_per_s"] / base for m in names]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.bar(names, ratios, color=["#999999" if m.startswith("hf") else "#2a7ab0" for m in names])
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(names)), 3.5))  # room for every method's name
+    peer = [m in HF_METHODS or m in llamacpp.METHODS for m in names]  # the baselines we compare against, grey
+    ax.bar(names, ratios, color=["#999999" if p else "#2a7ab0" for p in peer])
     ax.axhline(1.0, color="black", lw=0.8)
     for i, r in enumerate(ratios):
         ax.text(i, r, f"{r:.2f}x", ha="center", va="bottom")

