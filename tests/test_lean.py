@@ -52,14 +52,14 @@ def test_other_architectures_use_the_modules(arch):
     assert fast.stack is None
 
 
-def _naive_mask(start, positions, block, window):
+def _naive_mask(start, positions, visible, window):
     T = len(positions)
     S = start + T
     key_pos = list(range(start)) + list(positions)
     m = torch.zeros(T, S, dtype=torch.bool)
     for i in range(T):
         for j in range(S):
-            seen = True if j < start else (block[i][j - start] if block is not None else j - start <= i)
+            seen = True if j < start else (visible[i][j - start] if visible is not None else j - start <= i)
             if window is not None and positions[i] - key_pos[j] >= window:
                 seen = False
             m[i, j] = seen
@@ -70,22 +70,22 @@ def _naive_mask(start, positions, block, window):
 def test_step_mask_matches_naive(seed):
     rng = random.Random(seed)
     start, T = rng.randint(0, 20), rng.randint(1, 8)
-    # a random tree: node i's parent is an earlier node (or the root 0); block = ancestor-or-self
+    # a random tree: node i's parent is an earlier node (or the root 0); visible = ancestor-or-self
     parent = [-1] + [rng.randrange(i) for i in range(1, T)]
     depth = [0] * T
-    block = [[False] * T for _ in range(T)]
+    visible = [[False] * T for _ in range(T)]
     for i in range(T):
         if i:
             depth[i] = depth[parent[i]] + 1
         j = i
         while j >= 0:
-            block[i][j] = True
+            visible[i][j] = True
             j = parent[j]
     use_tree = rng.random() < 0.5
     positions = [start + (depth[i] if use_tree else i) for i in range(T)]
     window = rng.choice([None, 1, 3, 8, 30])
-    got = lean.step_mask(start, torch.tensor(positions), torch.tensor(block) if use_tree else None, window)
-    want = _naive_mask(start, positions, block if use_tree else None, window)
+    got = lean.step_mask(start, torch.tensor(positions), torch.tensor(visible) if use_tree else None, window)
+    want = _naive_mask(start, positions, visible if use_tree else None, window)
     if got is None:  # one query that sees everything, or a causal chain from 0 (SDPA's is_causal)
         causal = torch.ones(T, start + T, dtype=torch.bool).tril(diagonal=start)
         assert bool(want.all()) or (start == 0 and torch.equal(want, causal))
@@ -105,13 +105,13 @@ def test_tree_step_equals_modules_and_linear_oracle(arch):
     r, x, y, z = torch.randint(0, V, (4,)).tolist()
     ids = torch.tensor([[r, x, y, z]])
     depth = torch.tensor([0, 1, 2, 1])
-    block = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
+    visible = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 0, 0, 1]], dtype=torch.bool)
     outs = []
     fast.stack.cpp_layers = False
     for lm in (fast, slow):
         cache = lm.new_cache()
         lm.forward(prompt, 0, cache, keep=1)
-        outs.append(lm.forward(ids, 12, cache, keep=4, depth=depth, block=block)[0])
+        outs.append(lm.forward(ids, 12, cache, keep=4, depth=depth, visible=visible)[0])
     assert torch.equal(outs[0], outs[1])
     for chain, rows in (([r, x, y], [0, 1, 2]), ([r, z], [0, 3])):
         cache = fast.new_cache()
@@ -167,7 +167,7 @@ def _native_vs_python(arch: str) -> None:
         k = rng.choice([1, 1, 2, 3, 4, 5, 9, 16, 25])
         ids = torch.randint(0, V, (1, k))
         tree = step % 2 == 1
-        depth = block = None
+        depth = visible = None
         if tree:  # node i hangs below a random earlier node
             parent = [-1] + [rng.randrange(i) for i in range(1, k)]
             d = [0] * k
@@ -178,11 +178,11 @@ def _native_vs_python(arch: str) -> None:
                 while j >= 0:
                     vis[i, j] = True
                     j = parent[j]
-            depth, block = torch.tensor(d), vis
+            depth, visible = torch.tensor(d), vis
         outs = []
         for cpp, c in zip((True, False), caches):
             fast.stack.cpp_layers = cpp
-            outs.append(fast.forward(ids, pos, c, keep=k, depth=depth, block=block))
+            outs.append(fast.forward(ids, pos, c, keep=k, depth=depth, visible=visible))
         fast.stack.cpp_layers = True
         # fp32 rounding of a different summation order, through two layers: ~1e-5 of the logits' scale
         # (measured against a float64 run of the model: both paths have the same error)
@@ -243,7 +243,7 @@ def test_fused_layer_equals_op_by_op_bitwise(arch, intermediate, codes):
         for step in range(14):
             k = rng.choice([1, 1, 2, 3, 5, 16, 25, 40])
             ids = torch.randint(0, lm.vocab_size, (1, k))
-            depth = block = None
+            depth = visible = None
             if step % 3 == 2 and k > 1:  # a tree: node i below a random earlier node
                 parent = [-1] + [rng.randrange(i) for i in range(1, k)]
                 d, vis = [0] * k, torch.zeros(k, k, dtype=torch.bool)
@@ -252,15 +252,15 @@ def test_fused_layer_equals_op_by_op_bitwise(arch, intermediate, codes):
                     j = i
                     while j >= 0:
                         vis[i, j], j = True, parent[j]
-                depth, block = torch.tensor(d), vis
+                depth, visible = torch.tensor(d), vis
             outs = []
             for fused, c in zip((True, False), caches):
                 skinny.fused_layer(fused)
-                outs.append(lm.forward(ids, pos, c, keep=k, depth=depth, block=block))
+                outs.append(lm.forward(ids, pos, c, keep=k, depth=depth, visible=visible))
             assert torch.equal(outs[0], outs[1]), (arch, step, k)
             for a, b in zip(*(c.layers for c in caches)):
                 assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values), (arch, step, k)
-            pos += 1 + rng.randint(0, k - 1) if block is None else 1
+            pos += 1 + rng.randint(0, k - 1) if visible is None else 1
             for c in caches:
                 c.rollback_to(pos)
     finally:

@@ -306,7 +306,7 @@ class Decoder:
             if window is not None:  # logits of the tree's nodes and of the window's last row only
                 rows = [*range(len(tree)), *(len(tree) + i for i in window.last_row())]
                 keep = torch.tensor(rows, device=device)
-            targets = lm.greedy(ids, pos, cache, keep=keep, depth=depth, block=visible)  # one per kept row
+            targets = lm.greedy(ids, pos, cache, keep=keep, depth=depth, visible=visible)  # one per kept row
             verdict = accept(tree, targets[: len(tree)], draft)
             cache.keep_path(pos, [0, *verdict.path])
             pos += 1 + len(verdict.path)

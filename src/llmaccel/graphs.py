@@ -11,7 +11,7 @@ them with one launch. A graph fixes shapes and addresses, hence:
 - a step of T tokens runs in the graph of the smallest bucket Tb >= T. The Tb - T padding rows see
   the cached entries and themselves, write slots past the step's own (masked out until a later step
   overwrites them) and their logits are dropped;
-- the step's inputs (token ids, positions, its start, the (Tb, Tb) visibility block) reach the GPU in
+- the step's inputs (token ids, positions, its start, the (Tb, Tb) visible matrix) reach the GPU in
   one copy into a staging buffer, and the mask is computed from them inside the graph.
 
 Prefill and steps that fit no bucket run eagerly on the same cache. The graphs are recorded lazily,
@@ -42,11 +42,11 @@ def bucket(T: int) -> int | None:
     return next((b for b in BUCKETS if b >= T), None)
 
 
-def step_visibility(block: torch.Tensor | None, T: int, Tb: int) -> torch.Tensor:
-    """(Tb, Tb) bool: which of the step's tokens each row sees; the chain's or tree's (T, T) block in
+def step_visibility(visible: torch.Tensor | None, T: int, Tb: int) -> torch.Tensor:
+    """(Tb, Tb) bool: which of the step's tokens each row sees; the chain's or tree's (T, T) visible matrix in
     the corner, and each padding row sees itself only."""
     vis = torch.zeros(Tb, Tb, dtype=torch.bool)
-    vis[:T, :T] = torch.ones(T, T, dtype=torch.bool).tril_() if block is None else block.cpu()
+    vis[:T, :T] = torch.ones(T, T, dtype=torch.bool).tril_() if visible is None else visible.cpu()
     pad = torch.arange(T, Tb)
     vis[pad, pad] = True
     return vis
@@ -81,7 +81,7 @@ class GraphedSteps:
 
     def forward(
         self, ids: torch.Tensor, start: int, handle: StaticCacheHandle, depth: torch.Tensor | None,
-        block: torch.Tensor | None,
+        visible: torch.Tensor | None,
     ) -> torch.Tensor:
         """ids (1, T) at positions start + (depth or 0..T-1), written at entries start..start+T-1;
         returns the logits (1, T, V) (a view into the graph's output for graph steps: read it before
@@ -94,9 +94,9 @@ class GraphedSteps:
             raise ValueError(f"the step ends past the cache's capacity of {self.capacity} entries")
         Tb = bucket(T)
         if start == 0 or Tb is None or start + Tb > self.capacity:
-            logits = self._eager(ids, start, cache, depth, block)
+            logits = self._eager(ids, start, cache, depth, visible)
         else:
-            self._stage(ids, start, depth, block, T, Tb)
+            self._stage(ids, start, depth, visible, T, Tb)
             if self.record:
                 graph, out = self.graphs.get(Tb) or self._record(Tb, cache)
                 graph.replay()
@@ -107,7 +107,7 @@ class GraphedSteps:
         cache.length = start + T
         return logits
 
-    def _stage(self, ids, start, depth, block, T: int, Tb: int) -> None:
+    def _stage(self, ids, start, depth, visible, T: int, Tb: int) -> None:
         """The step's inputs into the pinned host buffer, then one copy to the GPU."""
         h, n = self._host, self._n
         h[:Tb].zero_()
@@ -116,7 +116,7 @@ class GraphedSteps:
         pos.fill_(start)  # padding rows sit at the step's first position
         pos[:T] += depth.cpu() if depth is not None else torch.arange(T)
         h[2 * n] = start
-        h[2 * n + 1 : 2 * n + 1 + Tb * Tb].copy_(step_visibility(block, T, Tb).view(-1))
+        h[2 * n + 1 : 2 * n + 1 + Tb * Tb].copy_(step_visibility(visible, T, Tb).view(-1))
         used = 2 * n + 1 + Tb * Tb
         self.staging[:used].copy_(h[:used])  # blocking: the host buffer is reused by the next step
 
@@ -131,7 +131,7 @@ class GraphedSteps:
         cache.visible = None
         rel = self.key_slots - start  # (C,) each slot's place relative to the step
         inside = (rel >= 0) & (rel < Tb)  # (C,) the step's own slots
-        mask = (rel < 0) | (vis[:, rel.clamp(0, Tb - 1)] & inside)  # (Tb, C): cached entries + the block
+        mask = (rel < 0) | (vis[:, rel.clamp(0, Tb - 1)] & inside)  # (Tb, C): cached entries + the visible matrix
         return self.step(ids, pos, mask[None, None], cache)
 
     def _record(self, Tb: int, cache: StaticKVCache):
@@ -150,7 +150,7 @@ class GraphedSteps:
         log.info("recorded the CUDA graph for %d-token steps", Tb)
         return graph, out
 
-    def _eager(self, ids, start: int, cache: StaticKVCache, depth, block) -> torch.Tensor:
+    def _eager(self, ids, start: int, cache: StaticKVCache, depth, visible) -> torch.Tensor:
         """A step outside the graphs (prefill, or no bucket fits): attention over the valid entries only."""
         T = ids.shape[1]
         dev = self.device
@@ -158,5 +158,5 @@ class GraphedSteps:
         positions = start + (depth.to(dev) if depth is not None else steps)  # (T,)
         cache.slots = start + steps
         cache.visible = start + T
-        mask = step_mask(start, positions, None if block is None else block.to(dev), None)  # (1, 1, T, start+T) or None
+        mask = step_mask(start, positions, None if visible is None else visible.to(dev), None)  # (1, 1, T, start+T) or None
         return self.step(ids.to(dev), positions[None], mask, cache)

@@ -135,24 +135,24 @@ class Stack:
 
 
 def step_mask(
-    start: int, positions: torch.Tensor, block: torch.Tensor | None, window: int | None
+    start: int, positions: torch.Tensor, visible: torch.Tensor | None, window: int | None
 ) -> torch.Tensor | None:
     """Which keys each query of a step sees: (1, 1, T, start + T) bool, True = attend; None = all of them (one query),
     or a plain causal chain from position 0 (SDPA is_causal).
 
     Keys are the `start` cached entries (entry j holds position j) followed by the step's own T tokens
-    at `positions` (T,). Among the step's tokens, query i sees token m where `block[i, m]` (a tree's
+    at `positions` (T,). Among the step's tokens, query i sees token m where `visible[i, m]` (a tree's
     ancestor-or-self matrix); None means a causal chain. A sliding window of w keeps keys with
     query_pos - key_pos < w, as transformers' sliding masks do.
     """
     T = positions.shape[0]
-    if T == 1 and block is None and (window is None or int(positions[0]) < window):
+    if T == 1 and visible is None and (window is None or int(positions[0]) < window):
         return None
-    if start == 0 and block is None and (window is None or T <= window):
+    if start == 0 and visible is None and (window is None or T <= window):
         return None  # a fresh causal chain: SDPA's is_causal (2.3x faster than this mask at 8k tokens)
-    if block is None:
-        block = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril_()
-    mask = torch.cat([torch.ones(T, start, dtype=torch.bool, device=positions.device), block], dim=1)  # (T, S)
+    if visible is None:
+        visible = torch.ones(T, T, dtype=torch.bool, device=positions.device).tril_()
+    mask = torch.cat([torch.ones(T, start, dtype=torch.bool, device=positions.device), visible], dim=1)  # (T, S)
     if window is not None:
         key_pos = torch.cat([torch.arange(start, device=positions.device), positions])  # (S,)
         mask &= (positions[:, None] - key_pos[None, :]) < window
@@ -181,7 +181,7 @@ def forward(
     start: int,  # entries already in `cache`
     cache,  # llmaccel.kv.KVCache; grows by T entries
     keep: torch.Tensor | slice,  # which of the T rows need logits
-    block: torch.Tensor | None = None,  # (T, T) bool visibility among the step's tokens; None = causal
+    visible: torch.Tensor | None = None,  # (T, T) bool visibility among the step's tokens; None = causal
     prefill=None,  # a sparse.prefill.SparsePrefill: attention of a fresh prompt (start 0, causal) through it
     argmax: bool = False,  # return each kept row's greedy choice instead of its logits
 ) -> torch.Tensor:  # (rows kept, V) logits, or (rows kept,) int64 token ids with argmax=True
@@ -191,7 +191,7 @@ def forward(
     else:
         cos, sin = (c[0].contiguous() for c in stack.rotary(positions[None]))  # (T, D) each
     # one mask per window length (full layers: None), shared by the layers that use it
-    masks = {} if prefill is not None else {w: step_mask(start, positions, block, w) for w in {l.window for l in stack.layers}}
+    masks = {} if prefill is not None else {w: step_mask(start, positions, visible, w) for w in {l.window for l in stack.layers}}
     h = F.embedding(ids, stack.embed)  # (T, H)
     if prefill is None and start > 0 and stack.cpp_layers and T <= SKINNY_MAX_ROWS and _cache_ready_for_cpp(cache, len(stack.layers)):
         _cpp_layers(stack, h, cos, sin, start, cache, masks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmaccel.bench.data import Sample
-from llmaccel.bench.sweep import pyplot, rates, save, timed_grid
+from llmaccel.bench.sweep import markdown_table, pyplot, rates, save, timed_grid
 from llmaccel.drafting.lookahead import LookaheadOptions
 
 # (explore_every, max_explore_every, gate_prior): the defaults, the previous defaults, and the two
@@ -34,11 +34,10 @@ def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, settings=
 
 
 def table(doc: dict) -> str:
-    lines = ["| setting | decode tok/s | vs greedy | vs reference | steps |", "| --- | --- | --- | --- | --- |"]
-    for g in doc["timed"]:
-        lines.append(f"| {g['setting']} | {g['decode_tokens_per_s']:.1f} | {g['speedup_vs_greedy']:.2f}x | "
-                     f"{g['vs_reference']:.3f} | {g['steps']} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["setting", "decode tok/s", "vs greedy", "vs reference", "steps"],
+        [[g["setting"], f"{g['decode_tokens_per_s']:.1f}", f"{g['speedup_vs_greedy']:.2f}x", f"{g['vs_reference']:.3f}",
+          g["steps"]] for g in doc["timed"]])
 
 
 def write(doc: dict, out: Path) -> Path:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llmaccel.bench.data import Sample
-from llmaccel.bench.sweep import pyplot, rates, save, timed_grid
+from llmaccel.bench.sweep import markdown_table, pyplot, rates, save, timed_grid
 from llmaccel.drafting.lookahead import LookaheadOptions
 
 WINDOWS = (1, 2, 4, 8)
@@ -36,12 +36,11 @@ def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, windows=W
 
 
 def table(doc: dict) -> str:
-    lines = ["| setting | W | N | G | decode tok/s | speedup vs greedy | tokens/step |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for g in doc["timed"]:
-        lines.append(f"| {g['setting']} | {g['window'] or '-'} | {g['ngram'] or '-'} | {g['pool_size'] or '-'} | "
-                     f"{g['decode_tokens_per_s']:.1f} | {g['speedup_vs_greedy']:.2f}x | {g['tokens_per_step']:.2f} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["setting", "W", "N", "G", "decode tok/s", "speedup vs greedy", "tokens/step"],
+        [[g["setting"], g["window"] or "-", g["ngram"] or "-", g["pool_size"] or "-",
+          f"{g['decode_tokens_per_s']:.1f}", f"{g['speedup_vs_greedy']:.2f}x", f"{g['tokens_per_step']:.2f}"]
+         for g in doc["timed"]])
 
 
 def write(doc: dict, out: Path) -> Path:

@@ -100,13 +100,17 @@ def sweep(model_name: str, samples: list[Sample], max_new_tokens: int, data_path
     return doc
 
 
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A markdown table: the header, then one line per row (cells as given)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
 def table(doc: dict) -> str:
-    lines = ["| setting | match_len | copy_len | decode tok/s | speedup vs greedy | steps | tokens |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
-    for g in doc["timed"]:
-        lines.append(f"| {g['setting']} | {g['match_len'] or '-'} | {g['copy_len'] or '-'} | "
-                     f"{g['decode_tokens_per_s']:.1f} | {g['speedup_vs_greedy']:.2f}x | {g['steps']} | {g['tokens']} |")
-    return "\n".join(lines)
+    return markdown_table(
+        ["setting", "match_len", "copy_len", "decode tok/s", "speedup vs greedy", "steps", "tokens"],
+        [[g["setting"], g["match_len"] or "-", g["copy_len"] or "-", f"{g['decode_tokens_per_s']:.1f}",
+          f"{g['speedup_vs_greedy']:.2f}x", g["steps"], g["tokens"]] for g in doc["timed"]])
 
 
 def write(doc: dict, out: Path) -> Path:

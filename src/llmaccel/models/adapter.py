@@ -48,7 +48,7 @@ class LoadedModel:
 
     @property
     def input_device(self) -> torch.device:
-        """Where the engine should build a step's ids, depths and block: the graphs stage them from the host."""
+        """Where the engine should build a step's ids, depths and visible matrix: the graphs stage them from the host."""
         return torch.device("cpu") if self.graphs is not None else self.device
 
     @property
@@ -67,53 +67,44 @@ class LoadedModel:
         keep: int | torch.Tensor,
         *,
         depth: torch.Tensor | None = None,
-        block: torch.Tensor | None = None,
+        visible: torch.Tensor | None = None,
         prefill: SparsePrefill | None = None,
     ) -> torch.Tensor:
         """Run `ids` (1, T) on top of `cache` (which holds `start` entries); the cache grows by T entries.
 
-        Token i sits at position start + i, or at start + depth[i] in a tree step, where `block` (T, T)
+        Token i sits at position start + i, or at start + depth[i] in a tree step, where `visible` (T, T)
         bool says which of the step's tokens each one sees (a tree: ancestors and itself; see
         lean.step_mask); None means a causal chain. Returns the logits of the last `keep` positions,
         (1, keep, V), or of the positions listed in `keep` when it is a 1-D index tensor. `prefill`
         (from `sparse_prefill`) computes the attention of a fresh prompt sparsely.
         """
-        return self._run(ids, start, cache, keep, depth, block, prefill, argmax=False)
+        return self._run(ids, start, cache, keep, depth, visible, prefill, argmax=False)
 
     @torch.inference_mode()
-    def greedy(
-        self,
-        ids: torch.Tensor,
-        start: int,
-        cache,
-        keep: int | torch.Tensor,
-        *,
-        depth: torch.Tensor | None = None,
-        block: torch.Tensor | None = None,
-        prefill: SparsePrefill | None = None,
-    ) -> list[int]:
-        """As `forward`, but returns the greedy choice at each kept position: the argmax of its logits,
-        ties to the lowest id (torch.argmax's rule). What a greedy step needs; the lean forward gets it
-        without computing every logit exactly (lean.greedy_head)."""
+    def greedy(self, ids: torch.Tensor, start: int, cache, keep: int | torch.Tensor, **step) -> list[int]:
+        """As `forward` (the same arguments), but returns the greedy choice at each kept position: the
+        argmax of its logits, ties to the lowest id (torch.argmax's rule). What a greedy step needs;
+        the lean forward gets it without computing every logit exactly (lean.greedy_head)."""
+        step = {"depth": None, "visible": None, "prefill": None, **step}
         if self.stack is not None and self.graphs is None:
-            return self._run(ids, start, cache, keep, depth, block, prefill, argmax=True).tolist()
-        return greedy_targets(self._run(ids, start, cache, keep, depth, block, prefill, argmax=False)[0])
+            return self._run(ids, start, cache, keep, **step, argmax=True).tolist()
+        return greedy_targets(self._run(ids, start, cache, keep, **step, argmax=False)[0])
 
-    def _run(self, ids, start, cache, keep, depth, block, prefill, argmax: bool) -> torch.Tensor:
+    def _run(self, ids, start, cache, keep, depth, visible, prefill, argmax: bool) -> torch.Tensor:
         """forward's work; with argmax=True (lean forward only) the kept rows' token ids (keep,)."""
-        if prefill is not None and (start != 0 or block is not None or depth is not None):
+        if prefill is not None and (start != 0 or visible is not None or depth is not None):
             raise ValueError("sparse prefill is for a fresh prompt (start 0, causal) only")
         T = ids.shape[1]
         if self.graphs is not None:
-            logits = self.graphs.forward(ids, start, cache, depth, block)  # (1, T, V)
+            logits = self.graphs.forward(ids, start, cache, depth, visible)  # (1, T, V)
             return logits[:, T - keep :] if isinstance(keep, int) else logits[:, keep.to(logits.device)]
         slots = torch.arange(start, start + T, device=ids.device)  # (T,) cache entries written
         pos = slots if depth is None else depth.to(ids.device) + start  # (T,) positions
         if self.stack is not None:
             rows = slice(T - keep, T) if isinstance(keep, int) else keep
-            out = lean.forward(self.stack, ids[0], pos, start, cache, rows, block, prefill, argmax=argmax)
+            out = lean.forward(self.stack, ids[0], pos, start, cache, rows, visible, prefill, argmax=argmax)
             return out if argmax else out[None]
-        masks = None if block is None else self._step_masks(start, pos, block)
+        masks = None if visible is None else self._step_masks(start, pos, visible)
         extra = {}
         if prefill is not None:
             extra["llmaccel_prefill"] = prefill  # reaches attention.grouped_attention through the model's kwargs
@@ -155,16 +146,16 @@ class LoadedModel:
             return None
         return SparsePrefill(self.sparse_config)
 
-    def _step_masks(self, start: int, pos: torch.Tensor, block: torch.Tensor):
+    def _step_masks(self, start: int, pos: torch.Tensor, visible: torch.Tensor):
         """A tree step's masks in the form transformers takes as given (it builds none of its own):
         one 4D mask, or one per layer type for models that mix sliding and full attention."""
         cfg = self.model.config.get_text_config()
         window = getattr(cfg, "sliding_window", None)
         types = set(getattr(cfg, "layer_types", None) or [])
         if len(types) > 1:
-            return {t: lean.step_mask(start, pos, block, window if t == "sliding_attention" else None) for t in types}
+            return {t: lean.step_mask(start, pos, visible, window if t == "sliding_attention" else None) for t in types}
         slides = types == {"sliding_attention"} or (not types and cfg.model_type in ("mistral", "mixtral"))
-        return lean.step_mask(start, pos, block, window if slides else None)
+        return lean.step_mask(start, pos, visible, window if slides else None)
 
     def chat_prompt(self, user_message: str) -> list[int]:
         """Token ids of the model's chat template over one user message, with the generation prompt."""
