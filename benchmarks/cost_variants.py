@@ -8,7 +8,7 @@ layout the issue's target was written against and the one models without block-c
 Contexts: random tokens, as `llmaccel cost` uses (flat logits: the int8 LM head's bound leaves ~110
 candidate tokens a row to check exactly), and real text from the LLMA files with the text's own next k
 tokens as the step (~3 candidates a row, as in decoding real text). Each round times every variant
-with `bench.cost.step_costs`' loop (sizes interleaved per rep); the table gives medians over rounds.
+with `step_cost.measure`'s loop (sizes interleaved per rep); the table gives medians over rounds.
 """
 import argparse
 import functools

@@ -11,7 +11,8 @@ import argparse
 import torch
 
 import llmaccel
-from llmaccel.bench.cost import cost_table, step_costs
+from llmaccel.bench.cost import cost_table
+from llmaccel.step_cost import measure as step_costs
 from bench_skinny import HIDDEN, INTER, VOCAB  # benchmarks/, next to this file
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import statistics
 import time
 
-from llmaccel.step_cost import STEP_SIZES, measure as step_costs  # noqa: F401  (the bench's name for it)
-
 
 def cost_table(costs_by_label: dict[str, dict[int, float]]) -> str:
     sizes = list(next(iter(costs_by_label.values())))

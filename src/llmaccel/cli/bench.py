@@ -8,8 +8,7 @@ from pathlib import Path
 
 from llmaccel.bench.data import LLMA_DIR
 from llmaccel.cli.options import (
-    UserError, add_device, add_lookahead_options, add_model, add_reference_options, device, lookahead_options,
-    positive, reference_options,
+    UserError, add_decoding_options, add_device, add_model, device, lookahead_options, positive, reference_options,
 )
 
 
@@ -96,17 +95,18 @@ def cmd_cost(args) -> int:
     """cost(k)/cost(1) of the engine (lean forward, packed weights) and of transformers' default path, same
     run; `--save` keeps the engine's as the model's step-cost table (step_cost.py), which sizes drafts."""
     from llmaccel import models, step_cost
-    from llmaccel.bench.cost import cost_table, lookup_cost, step_costs
+    from llmaccel.bench.cost import cost_table, lookup_cost
 
     positive("--context", args.context)
     positive("--reps", args.reps)
     dev = device(args)
     res, saved = {}, None
     for label, pack in (("llmaccel engine", True), ("transformers forward (default layout, sdpa)", False)):
-        lm = models.load(args.model, device=dev, pack=pack, lean_forward=pack, cuda_graphs=pack)
+        lm = models.load(args.model, device=dev, pack=pack, lean_forward=pack, cuda_graphs=pack,
+                         step_cost=None)  # measured below
         if not pack:
             lm.model.set_attn_implementation("sdpa")
-        res[label] = step_costs(lm, context=args.context, reps=args.reps, hf_cache=not pack)
+        res[label] = step_cost.measure(lm, context=args.context, reps=args.reps, hf_cache=not pack)
         if pack and args.save:
             saved = step_cost.save(lm, res[label])
         del lm
@@ -185,10 +185,7 @@ def add_parsers(sub) -> None:
     b.add_argument("--sweep", action="store_true", help="sweep match_len x copy_len for `reference`")
     b.add_argument("--sweep-lookahead", action="store_true", help="sweep window x n-gram x pool for `lookahead`")
     b.add_argument("--sweep-gate", action="store_true", help="time settings of `auto`'s window gate against `reference`")
-    add_model(b)
-    add_device(b)
-    add_reference_options(b)
-    add_lookahead_options(b)
+    add_decoding_options(b)
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("cost", help="cost of a k-token step relative to a 1-token step")

@@ -6,8 +6,8 @@ import json
 import sys
 
 from llmaccel.cli.options import (
-    UserError, add_device, add_lookahead_options, add_model, add_reference_options, device, lookahead_options,
-    positive, read_text, reference_options,
+    UserError, add_decoding_options, add_model, add_reference_options, device, lookahead_options, positive,
+    read_text, reference_options,
 )
 from llmaccel.methods import DEFAULT_METHOD, METHODS
 
@@ -128,10 +128,7 @@ def add_parsers(sub) -> None:
     g.add_argument("--json", action="store_true", help="print token ids, text, steps and timings as JSON")
     g.add_argument("--sparse-prefill", action="store_true",
                    help="prefill long prompts with sparse attention (faster, APPROXIMATE; decoding stays exact)")
-    add_model(g)
-    add_device(g)
-    add_reference_options(g)
-    add_lookahead_options(g)
+    add_decoding_options(g)
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("steps", help="decoding steps `reference` needs for a target (forced decoding)")

@@ -98,6 +98,14 @@ def lookahead_options(args) -> LookaheadOptions:
         raise UserError(_flag_names(str(exc))) from exc
 
 
+def add_decoding_options(p: argparse.ArgumentParser) -> None:
+    """--model, --device and the drafting options: what a command that decodes takes."""
+    add_model(p)
+    add_device(p)
+    add_reference_options(p)
+    add_lookahead_options(p)
+
+
 def _flag_names(message: str) -> str:
     """The options' own messages name fields (match_len); on the command line they are flags (--match-len)."""
     for field in ("match_len", "copy_len", "branches", "window", "ngram", "pool_size"):
