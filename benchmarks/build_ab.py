@@ -30,10 +30,13 @@ ap.add_argument("--context", type=int, default=300)
 ap.add_argument("--fp32", action="store_true")
 args = ap.parse_args()
 
-spec = importlib.util.spec_from_file_location("skinny_other", Path(args.other) / "llmaccel/kernels/skinny.py")
+# the other tree's loader (before it had one, skinny.py loaded the extension: its _load)
+kernels = Path(args.other) / "llmaccel/kernels"
+split = (kernels / "loader.py").exists()
+spec = importlib.util.spec_from_file_location("kernels_other", kernels / ("loader.py" if split else "skinny.py"))
 other = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(other)
-ext = {"this": skinny._load(), "other": other._load()}
+ext = {"this": skinny._load(), "other": other.load() if split else other._load()}
 assert ext["this"] is not ext["other"], "the two trees build the same extension"
 
 pack = skinny.pack

@@ -1,4 +1,4 @@
-"""Building the CPU kernels (kernels/skinny.py) cannot hang: a build killed mid-compile leaves nothing that
+"""Building the CPU kernels (kernels/loader.py) cannot hang: a build killed mid-compile leaves nothing that
 blocks the next one, a complete build is loaded without compiling again, and a cache folder that cannot
 be written to still gives a working kernel or one warning that says why.
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from llmaccel.kernels import skinny
+from llmaccel.kernels import loader
 
 BUILD_TIMEOUT_S = 1200  # a full build on 2 busy cores took ~3 min; an orphaned lock would wait forever
 START_TIMEOUT_S = 300  # until the killed process has started compiling (imports torch first)
@@ -157,6 +157,6 @@ def test_concurrent_builds_both_keep_a_working_build(tmp_path):
         (d / f"{name}.so").write_text(str(i))
         tmps.append(d)
     for d in tmps:
-        skinny._publish(d, root / name)
+        loader._publish(d, root / name)
     assert (root / name / f"{name}.so").read_text() == "0"
     assert tmps[1].exists()  # the loser's folder, which its caller removes

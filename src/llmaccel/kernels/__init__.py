@@ -1,2 +1,2 @@
-"""llmaccel's CPU kernels (C++), built once per machine and loaded by `skinny`; `python -m llmaccel.kernels`
-builds them ahead of time."""
+"""llmaccel's CPU kernels (C++): `loader` builds them once per machine and loads them, `skinny` is their
+Python API; `python -m llmaccel.kernels` builds them ahead of time."""

@@ -6,17 +6,17 @@ from __future__ import annotations
 import logging
 import sys
 
-from llmaccel.kernels import skinny
+from llmaccel.kernels import loader, skinny
 
 
 def main() -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        path = skinny.build()
+        path = loader.build()
     except RuntimeError as e:
         print(e, file=sys.stderr)
         return 1
-    print(f"llmaccel CPU kernels: {path} (isa {skinny._load().isa()}, AMX {'yes' if skinny.has_amx() else 'no'})")
+    print(f"llmaccel CPU kernels: {path} (isa {loader.load().isa()}, AMX {'yes' if skinny.has_amx() else 'no'})")
     return 0
 
 
