@@ -36,6 +36,7 @@ def test_count_steps_never_worse_than_greedy_and_monotone_in_copy_len():
                   for c in (0, 1, 4, 16)]
         assert counts[0] == len(target)
         assert all(c <= len(target) for c in counts)
+        assert counts == sorted(counts, reverse=True)  # longer copies never take more steps
 
 
 def test_guard_skips_drafts_that_do_not_pay():
