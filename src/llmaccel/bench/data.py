@@ -133,7 +133,7 @@ def load_rows(path: str | Path, limit: int | None = None, offset: int = 0) -> li
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); benchmark files must be UTF-8 JSONL") from None
+        raise DataError(f"{path}:{line}: not UTF-8 text (byte {exc.start}); benchmark files must be UTF-8") from None
     samples: list[Sample] = []
     rows = 0
     # split on newlines only: str.splitlines would also split at U+2028 and friends, which JSON strings may hold
