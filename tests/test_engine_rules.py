@@ -187,3 +187,6 @@ def test_too_large_references_are_refused_before_any_work(tiny, monkeypatch):
     with pytest.raises(GenerationError, match="references hold 120 tokens"):
         llmaccel.generate(lm, [1, 2], references=[[3] * 60, [4] * 60], max_new_tokens=4)
     assert llmaccel.generate(lm, [1, 2], references=[[3] * 50, [4] * 50], max_new_tokens=4).token_ids
+    monkeypatch.setattr(engine, "MAX_REFERENCE_CHARS", 1000)
+    with pytest.raises(GenerationError, match="1,200 characters"):  # text: refused before it is tokenized
+        llmaccel.generate(lm, [1, 2], references=["t1 " * 400], max_new_tokens=4)

@@ -88,13 +88,19 @@ def _as_list(value, what: str) -> list:
 
 def _decoder(lm, prompt, *, references=(), chat: bool = False, stop=(), max_new_tokens: int = 128,
              **kwargs) -> Decoder:
+    from llmaccel import engine
     from llmaccel.engine import Decoder
 
     if isinstance(prompt, str) and not prompt.strip():
         raise GenerationError("the prompt is empty")
     check_int("max_new_tokens", max_new_tokens, 1)
+    references = _as_list(references, "references")
+    chars = sum(len(r) for r in references if isinstance(r, str))
+    if chars > engine.MAX_REFERENCE_CHARS:  # refused before tokenizing it all (a 50 MB file: minutes, gigabytes)
+        raise GenerationError(f"the references hold {chars:,} characters; at most {engine.MAX_REFERENCE_CHARS:,} are "
+                              "indexed for drafting: pass the passages the answer may copy, not a whole corpus")
     ids = _tokens(lm, prompt, "the prompt", chat=chat)
-    refs = [_tokens(lm, r, f"reference {i + 1}", special=False) for i, r in enumerate(_as_list(references, "references"))]
+    refs = [_tokens(lm, r, f"reference {i + 1}", special=False) for i, r in enumerate(references)]
     return Decoder(lm, ids, references=refs, stop_strings=_as_list(stop, "stop"), max_new_tokens=max_new_tokens,
                    **kwargs)
 

@@ -45,6 +45,7 @@ assert MAX_STEP_TOKENS >= 2 * MAX_WINDOW_TOKENS  # room for a draft beside the l
 # tokens), so past this a mistake such as a whole corpus passed as a reference would take minutes
 # and gigabytes before the first token: it is refused instead.
 MAX_REFERENCE_TOKENS = 2_000_000
+MAX_REFERENCE_CHARS = 10_000_000  # the same bound on text, checked before tokenizing (~4.2 characters a token)
 WARN_REFERENCE_TOKENS = 250_000  # from here on, a warning says that indexing takes a while
 
 

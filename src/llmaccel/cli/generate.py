@@ -51,6 +51,11 @@ def cmd_generate(args) -> int:
     dev = device(args)
 
     import llmaccel
+    from llmaccel.engine import MAX_REFERENCE_CHARS
+
+    if sum(len(r) for r in refs) > MAX_REFERENCE_CHARS:  # before loading the model
+        raise UserError(f"the --reference/--context files hold {sum(len(r) for r in refs):,} characters; at most "
+                        f"{MAX_REFERENCE_CHARS:,} are indexed for drafting")
 
     lm = llmaccel.load(args.model, device=dev)
     result = llmaccel.generate(
