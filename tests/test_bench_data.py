@@ -104,7 +104,7 @@ def test_files_that_are_not_utf8_or_empty(tmp_path):
     (["bench", "--data", "PROMPTS", "--check", "--methods", "greedy,reference"], "add hf-greedy"),
     (["bench", "--data", "PROMPTS", "--check", "--sweep"], "--check is for method runs"),
     (["bench", "--data", "PROMPTS", "--methods", "greedy,greedy"], "names a method twice"),
-    (["bench", "--data", "CHATS", "--sweep"], "rows of one user message"),
+    (["bench", "--data", "CHATS", "--sweep"], "needs a chat template"),  # sweeps template whole chats too
 ])
 def test_user_errors_are_one_line(model_dir, capsys, tmp_path, argv, message):
     d, _ = model_dir

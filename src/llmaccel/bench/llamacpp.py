@@ -45,10 +45,10 @@ def missing() -> str | None:
 def gguf_file(name_or_path: str) -> Path:
     """The GGUF file a model name stands for: an alias's file inside its package, or a .gguf path.
     A model folder has none (llama.cpp reads GGUF only): ModelLoadError."""
-    from llmaccel.models.sources import _alias_gguf  # how an alias finds its file (installed package)
+    from llmaccel.models.sources import alias_gguf
 
     if name_or_path in ALIASES:
-        return _alias_gguf(name_or_path, ALIASES[name_or_path])
+        return alias_gguf(name_or_path, ALIASES[name_or_path])
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         return path

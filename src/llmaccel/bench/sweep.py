@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from llmaccel.bench.data import Sample
-from llmaccel.bench.run import prompt_ids
+from llmaccel.bench.run import sample_prompt_ids
 from llmaccel.bench.steps import step_grid
 from llmaccel.drafting.reference import ReferenceOptions
 from llmaccel.engine import Decoder
@@ -29,10 +29,10 @@ def timed_grid(lm, samples: list[Sample], settings: list[tuple[str, dict]], max_
     from tqdm import tqdm
 
     totals = {name: {"tokens": 0, "decode_s": 0.0, "steps": 0} for name, _ in settings}
+    inputs = [(sample_prompt_ids(lm, s), [lm.tokenizer.encode(d, add_special_tokens=False) for d in s.references])
+              for s in samples]  # all prompts first: a row that cannot be one fails before any run
     bar = tqdm(total=len(samples) * len(settings), disable=not progress, desc=desc, unit="run")
-    for k, s in enumerate(samples):
-        prompt = prompt_ids(lm, s.user_message, s.chat)
-        refs = [lm.tokenizer.encode(d, add_special_tokens=False) for d in s.references]
+    for k, (s, (prompt, refs)) in enumerate(zip(samples, inputs)):
         want = None
         for name, kwargs in settings[k % len(settings):] + settings[: k % len(settings)]:
             r = Decoder(lm, prompt, references=refs, max_new_tokens=max_new_tokens, **kwargs).run()

@@ -43,7 +43,7 @@ DEFAULT_MODEL = "smollm2-135m"
 def resolve(name_or_path: str) -> Path:
     """Alias, model folder or .gguf file -> a folder transformers can load quickly."""
     if name_or_path in ALIASES:
-        return converted(_alias_gguf(name_or_path, ALIASES[name_or_path]))
+        return converted(alias_gguf(name_or_path, ALIASES[name_or_path]))
     path = Path(name_or_path).expanduser()
     if path.is_file() and path.suffix.lower() == ".gguf":
         return converted(path)
@@ -85,7 +85,7 @@ def _package_folder(alias: Alias) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def _alias_gguf(name: str, alias: Alias) -> Path:
+def alias_gguf(name: str, alias: Alias) -> Path:
     """The GGUF file behind an alias, from its installed package."""
     pkg = _package_folder(alias)
     if alias.gguf is not None:
