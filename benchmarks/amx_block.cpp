@@ -1,6 +1,6 @@
 // NB, QB, Q4_BYTES, Q8_BYTES and Packed below are deliberate copies of gemm_paths.h's (AVX-512 values),
 // for the helpers run.sh copies out of gemm_amx.cpp; its `current` loop is a deliberate copy of
-// run_panels_amx's block loop (gemm_amx.cpp) as it was in session 17.
+// run_panels_amx's block loop (gemm_amx.cpp) as it was at commit caff442.
 // One 16-row panel of the AMX code-block path (gemm_amx.cpp), hot in cache, one core: ns per
 // 48 x 32 block, for the kept loop and four reorderings of it (all checked equal to it bit for bit):
 //   current  decode, 9 tile products, scale, block by block (the kernel's loop)
@@ -9,9 +9,9 @@
 //   db2      as dbuf, with the stores of C(b-1) issued before block b's products
 //   il2      the kept tiles, with the decode of block b+2 and the scaling of block b-1 cut into nine
 //            slices, one after each tile product (d and m in registers, slice bounds fixed at compile
-//            time, one branch a block); session 17 tried it in the kernel itself
+//            time, one branch a block); commit caff442 tried it in the kernel itself
 // (Earlier variants measured in BENCHMARKS.md: register accumulators with the column groups outermost,
-// session 16, and il / dil, slices with looser code, session 17, are in git history at commit cc5df2b.)
+// commit 2413b4d, and il / dil, slices with looser code, commit caff442, are in git history at commit cc5df2b.)
 //   ./amx_block x NB_BLOCKS PANELS PARTS LAG    PARTS: bits 1 decode, 2 tile products, 4 scaling
 // (the kernel's own decode / tile / scale functions are pulled in from gemm_amx.cpp by run.sh).
 #include <immintrin.h>

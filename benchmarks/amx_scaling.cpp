@@ -1,8 +1,8 @@
 // NB, QB, Q4_BYTES, Q8_BYTES and Packed below are deliberate copies of gemm_paths.h's (AVX-512 values),
 // for the helpers run.sh copies out of gemm_amx.cpp; its `current` loop is a deliberate copy of
-// run_panels_amx's block loop (gemm_amx.cpp) as it was in session 18.
+// run_panels_amx's block loop (gemm_amx.cpp) as it was at commit c80b2fd.
 // Two ways to take vector work out of the 16-row AMX block loop (gemm_amx.cpp), one core, hot,
-// ns per 48 x 32 block (session 18):
+// ns per 48 x 32 block (commit c80b2fd):
 //   current  the kernel's loop (decode, 9 tile products, scale_block with the d and m terms)
 //   m tiles  the m term out of the loop: the scaling keeps d only (acc += d C, one FMA a row and
 //            column group instead of two and a broadcast), and per panel the m term runs as tile

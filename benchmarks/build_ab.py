@@ -2,7 +2,7 @@
 process: the running package's own extension ("this") and the other tree's ("other", built from its own
 sources under its own hash), swapped under `skinny._ext` before each step, so the machine's drift hits
 both alike. Both must pack weights the same way, and the other tree's extension must have every function
-this tree's Python calls (since session 25, `rms_norm_rows`). Asserts that both give the same tokens every step.
+this tree's Python calls (since commit 27ce7e5, `rms_norm_rows`). Asserts that both give the same tokens every step.
 
     git worktree add /tmp/old <commit>
     .venv/bin/python benchmarks/build_ab.py /tmp/old/src [--sizes 1,4,16] [--reps 150] [--context 300] [--fp32]

@@ -1,7 +1,7 @@
-// A deliberate copy, frozen as measured in session 23, of gemm_vector.cpp's tile, decode_blocks,
+// A deliberate copy, frozen as measured at commit 2f844a4, of gemm_vector.cpp's tile, decode_blocks,
 // tile_codes (4 bits, no bias) and run_panels, with the variants it compares; the kernel may have
 // moved on since.
-// Session 23: the vector (non-AMX) path for 4-bit code blocks on an AVX2 CPU (this session's machine: AMD
+// (commit 2f844a4) the vector (non-AMX) path for 4-bit code blocks on an AVX2 CPU (the machine measured on: AMD
 // EPYC, Zen 3, no AVX-512). The copy is the kernel for NB = 16,
 // MR = 6, over SmolLM2's seven linears a layer (random codes), 2 threads with a contiguous panel range
 // each, as skinny_linear splits them. Three comparisons, each one's variants alternating rep by rep in

@@ -1,4 +1,4 @@
-// Session 23: the FMA peak of this machine's cores, the ceiling for a step's fp32 products. Twelve
+// (commit 2f844a4) the FMA peak of this machine's cores, the ceiling for a step's fp32 products. Twelve
 // independent chains of 256-bit FMAs per thread (enough to cover the latency on two FMA pipes), no
 // memory traffic; prints billions of vector FMAs a second.
 //

@@ -1,4 +1,4 @@
-"""A step's torch glue around the C++ layers, before and after session 25, alternating step by step in one
+"""A step's torch glue around the C++ layers, before and after commit 27ce7e5, alternating step by step in one
 process: "old" runs the model's rotary module and F.rms_norm for the final norm, "new" looks RoPE's rows
 up in lean's table and normalises in C++ (`skinny.rms_norm_rows`). Prints medians per k and new/old, and
 whether the greedy tokens differed in any step.

@@ -1,4 +1,4 @@
-"""The fused decoder layer phase by phase (BENCHMARKS.md, "Engine cost", session 21).
+"""The fused decoder layer phase by phase (BENCHMARKS.md, "Engine cost", commit a20b1c2).
 
 Copies the package to a temporary folder, puts an `rdtsc` timestamp after every phase of
 `fused_layer`'s parallel region in the copy's `kernels/decoder_layer.cpp` (the extension then builds

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Builds and runs the AMX microbenchmarks of BENCHMARKS.md ("Engine cost", session 16) on this CPU.
+# Builds and runs the AMX microbenchmarks of BENCHMARKS.md ("Engine cost", commit 2413b4d) on this CPU.
 # Needs g++ and a CPU with AMX (amx_bf16). Usage: benchmarks/run.sh [BUILD_DIR]
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
@@ -46,7 +46,7 @@ echo "== amx_block, K = 576 (18 blocks), 64 panels"
 for parts in 1 2 4 3 5 6 7; do echo "parts $parts:"; ./amx_block x 18 64 $parts 2 | tail -2; done
 echo "== amx_block, K = 1536 (48 blocks), 12 panels"; ./amx_block x 48 12 7 2 | tail -2
 echo "== amx_block, K = 576, the four loops (parts 2 = tiles only, 5 = vector work only)"; for parts in 2 5; do ./amx_block x 18 64 $parts 2 | tail -5; done
-echo "== amx_scaling (session 18): the m term as tile products, column groups outermost"
+echo "== amx_scaling (commit c80b2fd): the m term as tile products, column groups outermost"
 ./amx_scaling 18 64 16; NOM=1 ./amx_scaling 18 64 16 | tail -3; ./amx_scaling 48 12 16
 echo "== tile_port_overlap (ns per round): batched vs interleaved vector work"
 for v in FMA PERM SHIFT LOGIC; do ./tile_port_overlap_$v 2 1; for nf in 1 2 4; do ./tile_port_overlap_$v 3 $nf; ./tile_port_overlap_$v 0 $nf; ./tile_port_overlap_$v 1 $nf; done; done

@@ -1,5 +1,5 @@
 // TileConfig below is a deliberate copy of amx.h's (src/llmaccel/kernels), so this file builds alone.
-// Session 22: does a tile product cost less with fewer rows? The kept block pattern (3 B tile loads, 3 C
+// (commit f175b42) does a tile product cost less with fewer rows? The kept block pattern (3 B tile loads, 3 C
 // tiles zeroed, A loads, 9 products (PARTS 3) or 3 (PARTS 1), 3 C stores) with A and C tiles of R rows,
 // one core, best of 5 runs. Measured: the same time for 1, 3, 6 and 16 rows, so rows <= 5 put the three
 // parts of x in one A tile (gemm_amx.cpp, STACK_ROWS).

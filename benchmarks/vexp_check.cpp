@@ -1,6 +1,6 @@
 // vec.h's vexp (on AVX-512: vrndscaleps floor, vscalefps 2^n) against vexp_portable, the form other
-// ISAs take (and the only one before session 21): every one of the 2^32 float inputs, bit for bit,
-// NaNs included; then the time of each per vector. BENCHMARKS.md "Engine cost", session 21.
+// ISAs take (and the only one before commit a20b1c2): every one of the 2^32 float inputs, bit for bit,
+// NaNs included; then the time of each per vector. BENCHMARKS.md "Engine cost", commit a20b1c2.
 #include "vec.h"
 
 #include <chrono>

@@ -478,7 +478,7 @@ void check(const at::Tensor& t, const char* name) {
 // layer and thread): norm, split and q/k/v 48, RoPE and cache 4, attention 81, o 33, gate/up and SiLU
 // 130, down 72, barriers ~15 in all: the linears and the attention themselves, not waiting, are what
 // a 16-token step costs more.
-// Since session 24 it runs on every path of the kernel, not only AMX: on an AVX2 CPU (Zen 3, code blocks
+// Since commit b262dc5 it runs on every path of the kernel, not only AMX: on an AVX2 CPU (Zen 3, code blocks
 // through the vector kernel) the op-by-op layer opened five parallel regions a layer and allocated five
 // tensors. Whole steps against the op-by-op build, alternating in one process (two runs, medians of 150
 // / 120): k=1 0.943x / 0.971x, k=2 0.922x, k=3 0.943x, k=4 0.973x, k=6 0.924x, k=8 0.973x, k=16 1.043x

@@ -40,7 +40,7 @@ constexpr int64_t AMX_ROWS = 16;  // rows of x per tile product
 // scaling, lo + mid first. Whole SmolLM2 steps at 300 cached tokens, alternating in one process
 // (medians of 60): k=1 7.17 -> 6.89 ms (0.960x), k=2 0.955x, k=4 0.957x, k=5 0.974x, k=16 1.001x.
 constexpr int64_t STACK_ROWS = AMX_ROWS / 3;
-// Every row count takes it (AMX_MIN_ROWS 1). Until session 16 fewer than 8 rows took the vector path,
+// Every row count takes it (AMX_MIN_ROWS 1). Until commit 2413b4d fewer than 8 rows took the vector path,
 // from measurements with the weights cold in memory (bench_skinny, 30 layers, ms, vector / AMX: M=1
 // 6.06 / 6.57, M=4 7.33 / 7.35, M=8 9.22 / 8.50, M=16 13.31 / 11.69). In the engine's steps the codes
 // stream from the large L3 here and the vector path's heavier decode (to fp32, then 1-row FMAs) costs
@@ -49,13 +49,13 @@ constexpr int64_t STACK_ROWS = AMX_ROWS / 3;
 // 9.20, k=4 12.11 / 9.89, k=8 11.75 / 11.62, k=16 15.21 / 15.03.
 // Per block the tile unit's work is cheap, but its results pass through memory to be scaled by d and
 // m, once per row, and the decode's stores feed the tile loads, so the vector and tile work of a block
-// add up instead of overlapping (benchmarks/, BENCHMARKS.md "Engine cost", session 16).
+// add up instead of overlapping (benchmarks/, BENCHMARKS.md "Engine cost", commit 2413b4d).
 // Tried and not kept (SmolLM2-shaped layers at 16 rows, BENCHMARKS.md): folding d into the B tiles
 // (d q as two exact bf16 parts, 5 products a block, no per-block scaling): 0.93x the vector path's
 // time in the same run, where this design takes 0.85-0.88x: its decode needs ~3x the vector work.
 // Decoding one block ahead and scaling one block behind, double-buffered C tiles: within noise.
 // Scaling 2 or 4 blocks in one pass (acc kept in a register across them; the same FMAs in the same
-// order, bit-identical): whole 16-token steps 0.996x / 1.001x (session 22).
+// order, bit-identical): whole 16-token steps 0.996x / 1.001x (commit f175b42).
 constexpr int64_t AMX_MIN_ROWS = 1;
 // 8-bit codes (SmolLM2's LM head, Q8_0) decode to tiles with ~3x the vector work of 4-bit codes, so 1
 // and 2 rows stay on the vector path: bench_skinny (cold, ms, vector / AMX) M=1 1.35 / 1.55, M=2 1.47 /
