@@ -296,9 +296,9 @@ def test_index_picks_longer_match_and_ties_go_to_reference():
     assert tie.draft(3, 1) == Draft((3,), 2, "reference")
 
 
-def test_index_without_stream_and_none():
-    idx = ReferenceIndex([[1, 2, 3]], use_stream=False)
-    idx.feed([4, 4, 4, 4])
+def test_index_with_no_match_and_none():
+    idx = ReferenceIndex([[1, 2, 3]])
+    idx.feed([4, 5, 6, 7])  # no token repeats and none is in the reference
     assert idx.draft(3, 1) == Draft((), 0, "none")
     assert idx.stream_length == 4
     idx.feed([1])
@@ -334,6 +334,6 @@ def test_alternatives_rank_the_other_continuations_by_frequency():
     assert m.alternatives(3, 1, 5) == [[9, 3, 4], [5, 6]]
     assert m.alternatives(2, 1, 1) == [[9, 3]]
     assert m.alternatives(3, 2, 5) == []  # the match is shorter than min_match
-    index = ReferenceIndex(refs, use_stream=True)
+    index = ReferenceIndex(refs)
     index.feed([7])
     assert index.alternatives(3, 1, 1) == [[9, 3, 4]]

@@ -14,7 +14,7 @@ from llmaccel.drafting.reference import DEFAULT_STEP_COST
 @pytest.fixture
 def kept(tmp_path, monkeypatch):
     """Step-cost tables kept under tmp_path (the kernels stay in the usual cache)."""
-    monkeypatch.setattr(step_cost, "cache_dir", lambda: tmp_path)
+    monkeypatch.setattr(step_cost, "_folders", lambda: [tmp_path / "step-cost", tmp_path / "fallback"])
     return tmp_path / "step-cost"
 
 
@@ -47,13 +47,19 @@ def test_a_broken_kept_table_is_measured_again(model_dir, kept):
     assert json.loads(path.read_text())["seconds"]["1"] > 0  # kept anew
 
 
-def test_an_unwritable_cache_still_gives_a_table(model_dir, tmp_path, monkeypatch, caplog):
+def test_an_unwritable_cache_keeps_the_table_in_the_temp_dir(model_dir, tmp_path, monkeypatch, caplog):
     d, _ = model_dir
     blocker = tmp_path / "file"
-    blocker.write_text("")
-    monkeypatch.setattr(step_cost, "cache_dir", lambda: blocker)  # its "step-cost" folder cannot be made
+    blocker.write_text("")  # a folder below it cannot be made
+    fallback = tmp_path / "fallback"
+    monkeypatch.setattr(step_cost, "_folders", lambda: [blocker / "step-cost", fallback])
     lm = llmaccel.load(str(d))
-    assert lm.step_cost[1] == 1.0
+    assert lm.step_cost[1] == 1.0 and len(list(fallback.glob("*.json"))) == 1
+    monkeypatch.setattr(step_cost, "measure", lambda *a, **k: (_ for _ in ()).throw(AssertionError("measured")))
+    assert llmaccel.load(str(d)).step_cost == lm.step_cost  # read back from the temp dir: the same table
+    monkeypatch.undo()
+    monkeypatch.setattr(step_cost, "_folders", lambda: [blocker / "a", blocker / "b"])
+    assert llmaccel.load(str(d)).step_cost[1] == 1.0  # nowhere to keep it: measured, and said once
     assert "not kept" in caplog.text
 
 

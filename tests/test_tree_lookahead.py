@@ -92,7 +92,7 @@ def test_window_shape_visibility_and_update():
     assert w.rows[1] == [20, 21, 22]
     assert w.depths() == [1, 2, 3, 2, 3, 4]
     # (1, 2) sees row 0 columns 0..2 and itself; (0, 1) sees row 0 columns 0..1
-    assert w.visibility()[5] == [0, 1, 2, 5] and w.visibility()[1] == [0, 1]
+    assert w.sees()[5] == [0, 1, 2, 5] and w.sees()[1] == [0, 1]
     row0 = list(w.rows[0])
     assert list(w.last_row()) == [3, 4, 5]  # only these nodes' logits are computed
     grams = w.update([30, 31, 32])
@@ -169,11 +169,11 @@ def test_flatten_places_the_window_after_the_tree():
     assert flatten(tree) == ([7, 1, 2], [0, 1, 2], None)  # a chain: causal, no matrix
     tree.add([3])
     w = JacobiWindow(width=2, ngram=2, seed_tokens=[9], seed=0)
-    tokens, depth, block = flatten(tree, w.tokens(), w.depths(), w.visibility())
+    tokens, depth, visible = flatten(tree, w.tokens(), w.depths(), w.sees())
     assert tokens == [7, 1, 2, 3, 9, 9] and depth == [0, 1, 2, 1, 1, 2]
-    assert block[2] == [True, True, True, False, False, False]  # node 2: root, 1, itself
-    assert block[3] == [True, False, False, True, False, False]  # the other branch
-    assert block[5] == [True, False, False, False, True, True]  # window (0, 1): root, (0, 0), itself
+    assert visible[2] == [True, True, True, False, False, False]  # node 2: root, 1, itself
+    assert visible[3] == [True, False, False, True, False, False]  # the other branch
+    assert visible[5] == [True, False, False, False, True, True]  # window (0, 1): root, (0, 0), itself
 
 
 @pytest.mark.parametrize("bad", [dict(explore_every=0), dict(explore_every=65), dict(gate_prior=-0.1)])

@@ -45,7 +45,7 @@ assert MAX_STEP_TOKENS >= 2 * MAX_WINDOW_TOKENS  # room for a draft beside the l
 # tokens), so past this a mistake such as a whole corpus passed as a reference would take minutes
 # and gigabytes before the first token: it is refused instead.
 MAX_REFERENCE_TOKENS = 2_000_000
-MAX_REFERENCE_CHARS = 10_000_000  # the same bound on text, checked before tokenizing (~4.2 characters a token)
+MAX_REFERENCE_CHARS = 8_000_000  # about the same bound on text (~4.2 characters a token), checked before tokenizing
 WARN_REFERENCE_TOKENS = 250_000  # from here on, a warning says that indexing takes a while
 
 
@@ -160,7 +160,12 @@ def _check_stop_strings(stop_strings: Sequence[str]) -> list[str]:
     return list(stop_strings)
 
 
-def _check_step_cost(step_cost: Sequence[float]) -> tuple[float, ...]:
+def check_step_cost(step_cost: Sequence[float]) -> tuple[float, ...]:
+    """A step-cost table (index k: relative cost of a k-token step, index 0 unused) as a tuple of floats."""
+    if isinstance(step_cost, (str, bytes)) or not isinstance(step_cost, Sequence):
+        raise InputTypeError(f"a step-cost table is a sequence of numbers, got {type(step_cost).__name__}")
+    if any(isinstance(c, bool) or not isinstance(c, (int, float)) for c in step_cost):
+        raise InputTypeError("a step-cost table holds numbers only")
     table = tuple(float(c) for c in step_cost)
     if len(table) < 2 or any(c <= 0 for c in table[1:]):
         raise GenerationError("a step-cost table is indexed by tokens per step (index 0 unused), all positive")
@@ -217,7 +222,7 @@ class Decoder:
         # options), then the root and the draft tree.
         self.window_tokens = la.window * (la.ngram - 1) if method in ("lookahead", "auto") else 0
         chosen = step_cost if step_cost is not None else getattr(lm, "step_cost", None)
-        self.step_cost = _check_step_cost(chosen) if chosen is not None else DEFAULT_STEP_COST
+        self.step_cost = check_step_cost(chosen) if chosen is not None else DEFAULT_STEP_COST
         self.drafter: ReferenceDrafter | None = None
         self.pool: NgramPool | None = None
         self.window: JacobiWindow | None = None
@@ -274,7 +279,7 @@ class Decoder:
         if window is None:
             tokens, depth, visible = flatten(tree)
         else:
-            tokens, depth, visible = flatten(tree, window.tokens(), window.depths(), window.visibility())
+            tokens, depth, visible = flatten(tree, window.tokens(), window.depths(), window.sees())
         device = self.lm.input_device
         ids = torch.tensor([tokens], device=device)
         if visible is None:

@@ -80,58 +80,61 @@ def engine_layout(lm) -> str:
     ])
 
 
-def _machine() -> str:
-    """The CPU's model name and flags (the same model on another CPU times differently), or the GPU's name."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return "\n".join(sorted({ln for ln in lines if ln.startswith(("model name", "flags", "Features"))}))
-    except OSError:
-        import platform
-
-        return platform.processor() or platform.machine()
-
-
 def table_key(lm) -> str:
-    """What the costs depend on: the model, the engine's layout, the device and the machine. Two
-    processes with the same key run the same steps at the same relative costs."""
-    parts = [str(lm.name), engine_layout(lm), str(lm.device), _machine(), torch.__version__]
+    """What the costs depend on: the model (a path made absolute), the engine's layout, the device, and
+    the kernel build (which names the CPU's model and flags and the torch version). Two processes with
+    the same key run the same steps at the same relative costs."""
+    from llmaccel.kernels import loader
+
+    name = Path(str(lm.name)).expanduser()
+    model = str(name.resolve()) if name.exists() else str(lm.name)
+    parts = [model, engine_layout(lm), str(lm.device), loader.build_key(), torch.__version__]
     if lm.device.type == "cuda":
         parts.append(torch.cuda.get_device_name(lm.device))
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
+def _folders() -> list[Path]:
+    """Where tables are kept: the cache, else (read-only cache) a folder of this user's in the temp dir."""
+    return [cache_dir() / "step-cost", Path(tempfile.gettempdir()) / f"llmaccel-{os.getuid()}" / "step-cost"]
+
+
 def table_path(lm) -> Path:
-    return cache_dir() / "step-cost" / f"{table_key(lm)}.json"
+    return _folders()[0] / f"{table_key(lm)}.json"
 
 
 def save(lm, measured: dict[int, float]) -> Path | None:
-    """Keep `measured` (seconds by k) for later processes; None (and a warning) if the cache is read-only."""
-    path = table_path(lm)
+    """Keep `measured` (seconds by k) for later processes, in the cache or else in the temp dir; None
+    (and a warning) if neither can be written."""
+    name = f"{table_key(lm)}.json"
     doc = {"model": str(lm.name), "layout": engine_layout(lm), "device": str(lm.device),
            "seconds": {str(k): v for k, v in sorted(measured.items())}}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(doc, f)
-        os.replace(tmp, path)  # whole or not at all: a reader never sees half a file
-    except OSError as exc:
-        log.warning("step-cost table not kept (%s: %s); it will be measured again next time", path.parent,
-                    exc.strerror or exc)
-        return None
-    return path
+    for folder in _folders():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+            with os.fdopen(fd, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, folder / name)  # whole or not at all: a reader never sees half a file
+            return folder / name
+        except OSError as exc:
+            reason = f"{folder}: {exc.strerror or exc}"
+    log.warning("step-cost table not kept (%s); it will be measured again next time", reason)
+    return None
 
 
 def read(lm) -> dict[int, float] | None:
     """The kept measurement for this model and machine, or None (absent or unreadable)."""
-    try:
-        doc = json.loads(table_path(lm).read_text())
-        measured = {int(k): float(v) for k, v in doc["seconds"].items()}
-        if 1 not in measured or min(measured.values()) <= 0:
-            return None
-        return measured
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+    name = f"{table_key(lm)}.json"
+    for folder in _folders():
+        try:
+            doc = json.loads((folder / name).read_text())
+            measured = {int(k): float(v) for k, v in doc["seconds"].items()}
+            if 1 in measured and min(measured.values()) > 0:
+                return measured
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+    return None
 
 
 def load_or_measure(lm, fresh: bool = False) -> tuple[float, ...]:

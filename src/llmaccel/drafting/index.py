@@ -204,11 +204,11 @@ class Draft:
 
 
 class ReferenceIndex:
-    """What the decoder uses: reference matching plus (optionally) stream self-matching."""
+    """What the decoder uses: reference matching plus stream self-matching (the prompt and output)."""
 
-    def __init__(self, references: Sequence[Sequence[int]], use_stream: bool = True) -> None:
+    def __init__(self, references: Sequence[Sequence[int]]) -> None:
         self.reference_matcher = ReferenceMatcher(references)
-        self.stream_matcher = StreamMatcher() if use_stream else None
+        self.stream_matcher = StreamMatcher()
         self._stream_length = 0
 
     @property
@@ -220,17 +220,14 @@ class ReferenceIndex:
         """Append tokens (prompt or accepted output) to the stream."""
         tokens = list(tokens)
         self.reference_matcher.feed(tokens)
-        if self.stream_matcher is not None:
-            self.stream_matcher.feed(tokens)
+        self.stream_matcher.feed(tokens)
         self._stream_length += len(tokens)
 
     def alternatives(self, max_tokens: int, min_match: int, n: int) -> list[list[int]]:
         """Other continuations than `draft`'s: the other source's draft, then less frequent reference
         continuations (for a draft tree)."""
         ref_tokens, ref_len = self.reference_matcher.draft(max_tokens, min_match)
-        str_tokens, str_len = (
-            self.stream_matcher.draft(max_tokens, min_match) if self.stream_matcher is not None else ([], 0)
-        )
+        str_tokens, str_len = self.stream_matcher.draft(max_tokens, min_match)
         main = ref_tokens if ref_tokens and ref_len >= str_len else str_tokens
         out = [t for t in (ref_tokens, str_tokens) if t and t != main]
         out += self.reference_matcher.alternatives(max_tokens, min_match, n)
@@ -239,11 +236,7 @@ class ReferenceIndex:
     def draft(self, max_tokens: int, min_match: int) -> Draft:
         """Draft from whichever source has the longer match (ties: reference)."""
         ref_tokens, ref_len = self.reference_matcher.draft(max_tokens, min_match)
-        str_tokens, str_len = (
-            self.stream_matcher.draft(max_tokens, min_match)
-            if self.stream_matcher is not None
-            else ([], 0)
-        )
+        str_tokens, str_len = self.stream_matcher.draft(max_tokens, min_match)
         if ref_tokens and ref_len >= str_len:
             return Draft(tuple(ref_tokens), ref_len, "reference")
         if str_tokens:

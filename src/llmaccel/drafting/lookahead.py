@@ -125,7 +125,7 @@ class JacobiWindow:
         """Places after the root of each node: (l, i) -> 1 + l + i."""
         return [1 + l + i for l in range(len(self.rows)) for i in range(self.width)]
 
-    def visibility(self) -> list[list[int]]:
+    def sees(self) -> list[list[int]]:
         """For each node, the window nodes it sees besides the root: row 0 up to its column, then
         its own column in rows 1..l (itself included)."""
         W, out = self.width, []

@@ -76,11 +76,11 @@ def flatten(
     if not window_tokens:
         return tokens, depth, None if tree.is_chain() else tree.visibility()
     n, T = len(tree), len(tree) + len(window_tokens)
-    block = [row + [False] * (T - n) for row in tree.visibility()]
+    visible = [row + [False] * (T - n) for row in tree.visibility()]
     for seen in window_sees:
         row = [False] * T
         row[0] = True  # the root
         for j in seen:
             row[n + j] = True
-        block.append(row)
-    return tokens + list(window_tokens), depth + list(window_depths), block
+        visible.append(row)
+    return tokens + list(window_tokens), depth + list(window_depths), visible

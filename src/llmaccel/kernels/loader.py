@@ -71,6 +71,11 @@ def _extension_name() -> str:
     return f"{_NAME}_{hashlib.sha256(src + env.encode()).hexdigest()[:12]}"
 
 
+def build_key() -> str:
+    """What identifies this build of the kernels (sources, flags, CPU, torch and Python versions)."""
+    return _extension_name()
+
+
 def _so(root: Path, name: str) -> Path:
     return root / name / f"{name}.so"
 

@@ -76,6 +76,12 @@ def load(
     and keeps it (~1 s), "measure" measures it anew, a sequence is taken as given, None leaves the
     engine's fixed default.
     """
+    if isinstance(step_cost, str) and step_cost not in ("cached", "measure"):
+        raise ModelLoadError(f"step_cost must be 'cached', 'measure', a table or None, got {step_cost!r}")
+    if step_cost is not None and not isinstance(step_cost, str):
+        from llmaccel.engine import check_step_cost
+
+        step_cost = check_step_cost(step_cost)  # before the load, not after it
     keep_freed_memory()
     model, tokenizer = load_reference_model(name_or_path, device)
     lm = wrap(model, tokenizer, name=name_or_path, pack=pack and device == "cpu", lean_forward=lean_forward,
@@ -84,10 +90,8 @@ def load(
         lm.step_cost = step_costs.load_or_measure(lm)
     elif step_cost == "measure":
         lm.step_cost = step_costs.load_or_measure(lm, fresh=True)
-    elif isinstance(step_cost, str):
-        raise ValueError(f"step_cost must be 'cached', 'measure', a table or None, got {step_cost!r}")
     elif step_cost is not None:
-        lm.step_cost = tuple(float(c) for c in step_cost)
+        lm.step_cost = step_cost
     return lm
 
 

@@ -17,10 +17,10 @@ from typing import Any
 import torch
 
 from llmaccel import lean
+from llmaccel.errors import GenerationError
 from llmaccel.graphs import GraphedSteps
 from llmaccel.kernels import skinny
 from llmaccel.kv import new_cache
-from llmaccel.models.errors import ModelLoadError
 from llmaccel.sparse.config import SparseConfig, shipped, uniform
 from llmaccel.sparse.prefill import SparsePrefill
 from llmaccel.verify import greedy_targets
@@ -160,7 +160,7 @@ class LoadedModel:
     def chat_prompt(self, user_message: str) -> list[int]:
         """Token ids of the model's chat template over one user message, with the generation prompt."""
         if not getattr(self.tokenizer, "chat_template", None):
-            raise ModelLoadError(f"{self.name} has no chat template; drop --chat")
+            raise GenerationError(f"{self.name} has no chat template, which chat=True (--chat) needs")
         ids = self.tokenizer.apply_chat_template(
             [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=True
         )

@@ -5,7 +5,7 @@ from __future__ import annotations
 MESSAGE_LIMIT = 300  # characters of a library's message quoted in ours (transformers' run to paragraphs)
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(ValueError):
     """A model name or path that cannot be loaded; the message is one line that says what to do."""
 
 
