@@ -4,7 +4,7 @@ Why our own: for a step of k > 1 tokens on a grouped-query model (SmolLM2: 9 que
 heads), transformers' SDPA path has a mask and then expands the whole KV cache to every query head
 (`repeat_kv`, a copy) in every layer of every step, because CUDA kernels lack masked GQA. PyTorch's
 CPU flash kernel reads grouped KV heads in place with a mask too (`enable_gqa=True`). Measured on the
-2-core CPU, one layer of SmolLM2 at a 1k-token context (BENCHMARKS.md, "attention"): 16 query tokens
+2-core CPU, one layer of SmolLM2 at a 1k-token context (BENCHMARKS.md, "Tried and dropped"): 16 query tokens
 229 us vs 631 us with the KV heads stacked by hand, and transformers' repeat_kv path copies ~140 MB
 per step on top.
 """

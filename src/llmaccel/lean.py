@@ -36,8 +36,9 @@ from llmaccel.attention import grouped_attention
 from llmaccel.kernels import skinny
 from llmaccel.kernels.skinny import SKINNY_MAX_ROWS
 
-# Steps of up to this many tokens use the C++ layer's own attention (decoder_layer.cpp), longer ones
-# PyTorch's SDPA (BENCHMARKS.md, "attention in the C++ layer").
+# Steps of up to this many tokens use the C++ layer's small attention (decoder_layer.cpp); longer ones
+# its register-tiled attention where the head dim fits the vector width, else PyTorch's SDPA
+# (BENCHMARKS.md, "Tried and dropped").
 SMALL_ATTENTION_MAX_T = 1
 
 

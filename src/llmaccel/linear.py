@@ -3,7 +3,7 @@
 A decoding step multiplies a few rows (1 token, or 1 + a draft) by every weight matrix, so it should
 cost about one pass over the weights whatever the row count. transformers' `nn.Linear` (MKL sgemm on
 W stored (out, in)) gets there for 1-2 rows but not beyond. Measured on the 2-core AVX-512 CPU over
-SmolLM2's 30 layers of linears (BENCHMARKS.md, "linear layouts"), ms at 1 / 4 / 16 / 32 rows:
+SmolLM2's 30 layers of linears (BENCHMARKS.md, "Tried and dropped"; the full table is in its git history), ms at 1 / 4 / 16 / 32 rows:
 F.linear 17.1 / 28.3 / 40.3 / 48.3, MKL pre-packed 17.8 / 22.1 / 31.5 / 44.7, and our skinny kernel
 (kernels/skinny_gemm.cpp: weights in 48-wide panels, every row done while a panel is in cache)
 16.4 / 17.5 / 21.7 / 28.2. So `PackedLinear` uses the skinny kernel for steps of up to

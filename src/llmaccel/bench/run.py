@@ -206,7 +206,7 @@ def bench(
                      "methods": {m: results[m] for m in methods}})
     bar.close()
     doc = {"model": model_name, "samples": rows, "summary": summarise(rows, methods)}
-    if device != "cpu":  # cli._device admits cpu and cuda[:N] only
+    if device != "cpu":  # cli.options.device admits cpu and cuda[:N] only
         doc["device"] = torch.cuda.get_device_name(device)
     return doc
 

@@ -20,6 +20,10 @@ MATCH_LENS = (1, 2, 3)
 COPY_LENS = (4, 8, 16, 32)
 
 
+class OutputsDiffer(Exception):
+    """Two settings gave different tokens on one sample: a finding (a bug), not a user error."""
+
+
 def timed_grid(lm, samples: list[Sample], settings: list[tuple[str, dict]], max_new_tokens: int,
                desc: str = "sweep", progress: bool = True) -> dict[str, dict]:
     """Run every setting (a name and `Decoder` keyword arguments) on every sample, the order rotated per
@@ -39,7 +43,7 @@ def timed_grid(lm, samples: list[Sample], settings: list[tuple[str, dict]], max_
             if want is None:
                 want = r.token_ids
             elif r.token_ids != want:
-                raise AssertionError(f"{name} differs from the other settings on sample {s.id}")
+                raise OutputsDiffer(f"{name} differs from the other settings on sample {s.id}")
             t = totals[name]
             t["tokens"] += len(r.token_ids)
             t["decode_s"] += r.decode_s

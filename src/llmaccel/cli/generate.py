@@ -86,6 +86,8 @@ def cmd_steps(args) -> int:
     positive("--limit", args.limit)
     options = reference_options(args, adaptive=False)
     if args.data:
+        if args.reference or args.target:
+            raise UserError("--data takes its targets and references from the file: drop --target / --reference")
         from llmaccel.bench import steps as steps_mod
 
         grid = {}
@@ -143,7 +145,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--target", help="a file with the target output")
     s.add_argument("--reference", action="append", default=[], metavar="FILE")
     add_model(s)
-    add_reference_options(s, guard=False)
+    add_reference_options(s, decoding=False)
     s.set_defaults(func=cmd_steps)
 
     d = sub.add_parser("demo", help="reference decoding vs greedy on a RAG example, with the speedup")

@@ -61,11 +61,12 @@ def device(args) -> str:
     return str(dev)
 
 
-def add_reference_options(p: argparse.ArgumentParser, guard: bool = True) -> None:
+def add_reference_options(p: argparse.ArgumentParser, decoding: bool = True) -> None:
+    """--match-len and --copy-len; for commands that decode also --branches and --no-guard."""
     p.add_argument("--match-len", type=int, default=None, help="shortest suffix match that triggers a draft")
     p.add_argument("--copy-len", type=int, default=None, help="most tokens copied per draft")
-    p.add_argument("--branches", type=int, default=None, help="other continuations verified beside each draft (tree)")
-    if guard:
+    if decoding:
+        p.add_argument("--branches", type=int, default=None, help="other continuations verified beside each draft (tree)")
         p.add_argument("--no-guard", action="store_true", help="always draft in full (no cost/acceptance guard)")
 
 

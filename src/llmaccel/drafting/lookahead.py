@@ -33,7 +33,7 @@ MAX_WINDOW_TOKENS = 32
 
 @dataclass(frozen=True)
 class LookaheadOptions:
-    # Defaults from the W x N x G sweep on the 2-core CPU (BENCHMARKS.md, "lookahead sweep"): every
+    # Defaults from the W x N x G sweep on the 2-core CPU (BENCHMARKS.md, "Lookahead and auto"): every
     # window token costs a few per cent of a step here, so the smallest window wins: on this engine
     # W1 N2 G2 1.49x greedy on 20 HumanEval problems vs 1.43x for W2 N2 G2 (the previous default) and
     # 1.13x for W8 N2 G2 (8 problems, separate run: 1.74x vs 1.65x); W8 N4 G4 makes the most tokens per
@@ -165,7 +165,7 @@ class WindowGate:
     # 5-token step ~1.3x a 1-token step, not ~1.05x). A prior of 0.5 let the window start on, and on rag
     # its 76 steps in 526 saved 2 steps and cost 3% of decode time; starting off (prior 0) fixes that.
     # Of explorations every 8..64 and 16..128 steps, 8..64 came out best or tied on all three files
-    # (BENCHMARKS.md, "auto's gate").
+    # (BENCHMARKS.md, "Lookahead and auto").
     def __init__(self, step_cost: Sequence[float], explore_every: int = LookaheadOptions.explore_every,
                  max_explore_every: int = LookaheadOptions.max_explore_every, decay: float = 0.8,
                  prior: float = LookaheadOptions.gate_prior) -> None:

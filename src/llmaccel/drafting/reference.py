@@ -13,21 +13,21 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from llmaccel.drafting.index import ReferenceIndex
-from llmaccel.errors import check_int
+from llmaccel.errors import InputTypeError, check_int
 from llmaccel.verify import accepted_prefix
 
 
 @dataclass(frozen=True)
 class ReferenceOptions:
-    # Defaults from the match_len x copy_len sweep on the 2-core CPU (BENCHMARKS.md, "sweep"): with the
+    # Defaults from the match_len x copy_len sweep on the 2-core CPU (BENCHMARKS.md, "Parameter sweeps"): with the
     # guard on, match_len 1 beat 2 and 3 on both dev files, and copy_len 16 and 32 tied.
     match_len: int = 1  # shortest suffix match that may trigger a draft
     copy_len: int = 16  # most tokens copied per draft
     adaptive: bool = True  # shorten or skip drafts when recent acceptance is low (the guard)
     # Other continuations verified beside the draft as a tree (the other source's draft, then less
     # frequent reference continuations); 0 = a plain draft. Measured on the 2-core CPU: 1 branch cut
-    # steps 2-4% but moved speed only within noise (+1.6% cnndm, +0.3% rag; BENCHMARKS.md, "which
-    # continuation to draft"), so off by default; where extra tokens in a step are cheaper it pays more.
+    # steps 2-4% but moved speed only within noise (+1.6% cnndm, +0.3% rag; BENCHMARKS.md, "Tried and
+    # dropped"), so off by default; where extra tokens in a step are cheaper it pays more.
     branches: int = 0
 
     def __post_init__(self) -> None:
@@ -38,9 +38,9 @@ class ReferenceOptions:
 
 # Cost of a step of k tokens relative to a 1-token step, measured for SmolLM2-135M fp32 on the 2-core
 # CPU with the engine (C++ decoder layer, fp32 panels) at a 1k-token context (`llmaccel cost`,
-# BENCHMARKS.md, "engine cost"), at k = 1, 2, 4, 8, 16, 32 and interpolated linearly between. Only
+# BENCHMARKS.md, "Engine step cost"), at k = 1, 2, 4, 8, 16, 32 and interpolated linearly between. Only
 # used to size drafts and to decide whether `auto` takes the lookahead window, and only where no
-# table was measured for the model at hand (the engine measures one per model: `step_cost_table`).
+# table is given (load() measures and keeps one per model and machine: step_cost.py).
 _MEASURED_COST = {1: 1.0, 2: 1.05, 4: 1.16, 8: 1.32, 16: 1.61, 32: 2.20}
 
 
@@ -203,4 +203,6 @@ def count_steps(
     No model forward is needed. Steps count the prefill (which yields the first token) as in the
     engine, so greedy decoding needs len(target).
     """
+    if isinstance(target, str) or any(isinstance(r, str) for r in references):
+        raise InputTypeError("count_steps takes token ids: encode the texts with the model's tokenizer first")
     return len(forced_trace(target, references, prompt, options)) + 1 if target else 0

@@ -39,7 +39,7 @@ class LoadedModel:
     max_context: int
     stack: lean.Stack | None = None  # the lean forward's weights (Llama family), None = transformers' modules
     sparse_config: SparseConfig | None = None  # sparse prefill patterns; None = shipped config or fallback
-    step_cost: tuple[float, ...] | None = None  # k -> relative cost of a k-token step; engine.step_cost measures it
+    step_cost: tuple[float, ...] | None = None  # k -> relative cost of a k-token step (step_cost.py; load() sets it)
     graphs: GraphedSteps | None = None  # CUDA graphs for the steps (on a GPU, see graphs.py), None = eager
 
     @property
