@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from llmaccel.drafting.reference import step_cost_table
-from llmaccel.paths import cache_dir
+from llmaccel.paths import cache_dir, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,12 @@ def table_key(lm) -> str:
 
 def _folders() -> list[Path]:
     """Where tables are kept: the cache, else (read-only cache) a folder of this user's in the temp dir."""
-    return [cache_dir() / "step-cost", Path(tempfile.gettempdir()) / f"llmaccel-{os.getuid()}" / "step-cost"]
+    folders = [cache_dir() / "step-cost"]
+    try:
+        folders.append(private_dir("step-cost"))
+    except OSError:
+        pass
+    return folders
 
 
 def table_path(lm) -> Path:

@@ -116,14 +116,10 @@ def sample_prompt_ids(lm, sample: Sample) -> list[int]:
                         f"and {lm.name} has none")
     from jinja2 import TemplateError
 
-    messages = [{"role": role, "content": content} for role, content in sample.messages]
     try:
-        ids = lm.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return lm.chat_prompt([{"role": role, "content": content} for role, content in sample.messages])
     except TemplateError as exc:  # e.g. a template that wants user and assistant turns to alternate
         raise DataError(f"{sample.where}: {lm.name}'s chat template rejects these messages: {exc}") from None
-    if hasattr(ids, "keys"):  # a BatchEncoding in some transformers versions
-        ids = ids["input_ids"]
-    return list(ids)
 
 
 def run_engine(lm, prompt_ids, references, max_new_tokens: int, method: str, options: ReferenceOptions,

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from llmaccel.paths import cache_dir
+from llmaccel.paths import cache_dir, private_dir
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,6 @@ def _import(name: str, so: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def _private_root() -> Path:
-    """Where to build when the cache folder is not writable: a folder of this user's in the temp dir,
-    kept between processes (so the build happens once), refused if another user could write to it."""
-    root = Path(tempfile.gettempdir()) / f"llmaccel-{os.getuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    st = root.stat()
-    if st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise OSError(f"{root} belongs to another user or others can write to it")
-    (root / "torch_extensions").mkdir(exist_ok=True)
-    return root / "torch_extensions"
 
 
 def _remove_stale_builds(root: Path) -> None:
@@ -175,7 +163,7 @@ def _build():
     if unwritable is None:
         return _compile(name, cache)
     # a read-only or unusable cache folder: a folder of our own in the temp dir, kept for later processes
-    root = _private_root()
+    root = private_dir("torch_extensions")  # kept for later processes, so the build happens once
     if _so(root, name).exists():
         log.info("loading llmaccel's CPU kernels from %s (%s is not writable)", root / name, cache)
         return _import(name, _so(root, name)), _so(root, name)

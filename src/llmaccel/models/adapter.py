@@ -157,13 +157,14 @@ class LoadedModel:
         slides = types == {"sliding_attention"} or (not types and cfg.model_type in ("mistral", "mixtral"))
         return lean.step_mask(start, pos, visible, window if slides else None)
 
-    def chat_prompt(self, user_message: str) -> list[int]:
-        """Token ids of the model's chat template over one user message, with the generation prompt."""
+    def chat_prompt(self, conversation: str | list[dict[str, str]]) -> list[int]:
+        """Token ids of the model's chat template over one user message (a str) or a whole conversation
+        (`{"role": ..., "content": ...}` dicts), with the generation prompt."""
         if not getattr(self.tokenizer, "chat_template", None):
             raise GenerationError(f"{self.name} has no chat template, which chat=True (--chat) needs")
-        ids = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], add_generation_prompt=True, tokenize=True
-        )
+        if isinstance(conversation, str):
+            conversation = [{"role": "user", "content": conversation}]
+        ids = self.tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=True)
         if isinstance(ids, dict) or hasattr(ids, "keys"):
             ids = ids["input_ids"]
         return list(ids)
