@@ -4,6 +4,8 @@
     lm = llmaccel.load("smollm2-135m")
     result = llmaccel.generate(lm, prompt, references=[article], method="reference")
     print(result.text, result.steps)
+    # sampled: the same tokens as plain sampling with this seed, whatever the method
+    result = llmaccel.generate(lm, prompt, references=[article], sampling=llmaccel.Sampling(temperature=0.7, seed=1))
 
 The prompt is what the model reads; references only feed drafts (text the output may copy), so a
 document the answer should use belongs in the prompt too (and then it is drafted from as well).
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
     from llmaccel.drafting.reference import ReferenceOptions
     from llmaccel.engine import Decoder, GenerationResult, StepEvent
     from llmaccel.models import LoadedModel
+    from llmaccel.sampling import Sampling
 
 __all__ = [
     "ALIASES",
@@ -40,7 +43,9 @@ __all__ = [
     "LookaheadOptions",
     "ModelLoadError",
     "ReferenceOptions",
+    "Sampling",
     "StepEvent",
+    "TokenLogprob",
     "count_steps",
     "generate",
     "load",
@@ -55,6 +60,7 @@ _LAZY = {
     "Decoder": "llmaccel.engine", "GenerationResult": "llmaccel.engine", "StepEvent": "llmaccel.engine",
     "LookaheadOptions": "llmaccel.drafting.lookahead", "ReferenceOptions": "llmaccel.drafting.reference",
     "count_steps": "llmaccel.drafting.reference",
+    "Sampling": "llmaccel.sampling", "TokenLogprob": "llmaccel.sampling",
 }
 
 
@@ -118,19 +124,25 @@ def generate(
     lookahead: LookaheadOptions | None = None,
     sparse_prefill: bool = False,
     step_cost: Sequence[float] | None = None,
+    sampling: Sampling | None = None,
+    logprobs: int | None = None,
 ) -> GenerationResult:
-    """Greedy decoding of `prompt` (text or token ids), accelerated by `method` (greedy, reference,
-    lookahead, auto); the output equals plain greedy decoding.
+    """Decoding of `prompt` (text or token ids), accelerated by `method` (greedy, reference, lookahead,
+    auto); the output equals plain decoding's: greedy by default, or sampled as `sampling` says, the
+    same tokens as plain sampling with the same seed (`result.seed` is the one used).
 
     references: texts (or token-id lists) the output may copy; they feed drafts only, the model does not
     read them: put a document the answer should use into the prompt as well. One string is one
     reference. stop: stop strings (one string is one stop string). step_cost: the step-cost table that
     sizes drafts (None: the model's, see step_cost.py). `sparse_prefill=True` prefills long prompts with
-    sparse attention (MInference's patterns): faster, approximate, off by default.
+    sparse attention (MInference's patterns): faster, approximate, off by default. logprobs: N (0..20)
+    returns each token's log-probability under the model and its N most likely alternatives
+    (`result.logprobs`).
     """
     return _decoder(
         lm, prompt, references=references, chat=chat, stop=stop, max_new_tokens=max_new_tokens, method=method,
         options=options, lookahead=lookahead, sparse_prefill=sparse_prefill, step_cost=step_cost,
+        sampling=sampling, logprobs=logprobs,
     ).run()
 
 

@@ -12,6 +12,10 @@ but the drafting:
 - `lookahead`: the reference draft and the n-gram pool's candidates as one tree, and the window.
 - `auto`: `reference` or `lookahead` chosen per step by expected tokens per unit of step cost.
 
+With sampling (sampling.py) the targets are sampled instead of argmaxed, by a rule that depends on
+the seed, the position and the node's own path only, so acceptance stays an equality test and every
+method returns plain sampling's tokens.
+
 The batch dimension is 1 for now; tensors keep it so batches can come without a new interface.
 """
 
@@ -29,7 +33,8 @@ from llmaccel.drafting.reference import DEFAULT_STEP_COST, ReferenceDrafter, Ref
 from llmaccel.drafting.tree import DraftTree, flatten
 from llmaccel.errors import GenerationError, InputTypeError, check_int
 from llmaccel.methods import DEFAULT_METHOD, METHODS
-from llmaccel.verify import accept
+from llmaccel.sampling import MAX_TOP_LOGPROBS, Sampler, Sampling, TokenLogprob, token_logprobs
+from llmaccel.verify import accept, greedy_targets
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +76,8 @@ class GenerationResult:
     method: str
     step_stats: list[StepStat] = field(default_factory=list, repr=False)
     prefill_density: float = 1.0  # share of causal query-key pairs prefill scored (< 1: sparse prefill, approximate)
+    seed: int | None = None  # the sampling seed used (None: greedy)
+    logprobs: list[TokenLogprob] | None = None  # per token of token_ids, when asked for
 
     @property
     def drafted(self) -> int:
@@ -95,6 +102,7 @@ class StepEvent:
 
     new_tokens: list[int]
     stat: StepStat | None  # None for the token from prefill
+    logprobs: list[TokenLogprob] | None = None  # per new token, when asked for
 
 
 class StopChecker:
@@ -193,9 +201,13 @@ class Decoder:
         lookahead: LookaheadOptions | None = None,
         sparse_prefill: bool = False,
         step_cost: Sequence[float] | None = None,
+        sampling: Sampling | None = None,
+        logprobs: int | None = None,
     ) -> None:
         """`sparse_prefill`: prefill long prompts with sparse attention (approximate; the model's pattern
-        config decides from which length); decoding and verification stay exact."""
+        config decides from which length); decoding and verification stay exact. `sampling`: how tokens
+        are chosen (None: greedy). `logprobs`: return each token's log-probability and the N most likely
+        alternatives (0..20; None: none)."""
         if method not in METHODS:
             raise GenerationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         check_int("max_new_tokens", max_new_tokens, 1)
@@ -209,8 +221,21 @@ class Decoder:
             raise InputTypeError(f"options must be a ReferenceOptions, got {type(options).__name__}")
         if lookahead is not None and not isinstance(lookahead, LookaheadOptions):
             raise InputTypeError(f"lookahead must be a LookaheadOptions, got {type(lookahead).__name__}")
+        if sampling is not None and not isinstance(sampling, Sampling):
+            raise InputTypeError(f"sampling must be a Sampling, got {type(sampling).__name__}")
+        if logprobs is not None:
+            check_int("logprobs", logprobs, 0)
+            if logprobs > MAX_TOP_LOGPROBS:
+                raise GenerationError(f"logprobs must be at most {MAX_TOP_LOGPROBS}, got {logprobs}")
         self.lm = lm
         self.method = method
+        self.sampling = sampling or Sampling()
+        self.logprobs = logprobs
+        # The fast path needs only each row's argmax (lm.greedy); sampling, penalties and logprobs need logits.
+        self.sampler = None if self.sampling.plain_greedy else Sampler(self.sampling, lm.vocab_size, self.prompt,
+                                                                        lm.input_device)
+        self.full_logits = self.sampler is not None or logprobs is not None
+        self.token_logprobs: list[TokenLogprob] = []
         # Positions past the model's context are not decoded: stop there like a length limit.
         self.budget = min(max_new_tokens, lm.max_context - len(self.prompt))
         self.context_bound = self.budget < max_new_tokens
@@ -292,14 +317,20 @@ class Decoder:
         t0 = time.perf_counter()
         self._start_drafting()  # indexing the references and the prompt counts as prefill time
         sparse = lm.sparse_prefill(len(self.prompt)) if self.sparse_prefill else None
-        first = lm.greedy(torch.tensor([self.prompt], device=device), 0, cache, keep=1, prefill=sparse)[0]
+        prompt = torch.tensor([self.prompt], device=device)
+        pos = len(self.prompt)  # entries in the cache; the last committed token is not among them yet
+        if self.full_logits:
+            logits = lm.forward(prompt, 0, cache, keep=1, prefill=sparse)[0]  # (1, V)
+            first = self._choose(logits, [pos], [()])[0]
+        else:
+            first = lm.greedy(prompt, 0, cache, keep=1, prefill=sparse)[0]
         if sparse is not None:
             self.prefill_density = sparse.density
         self.prefill_s = time.perf_counter() - t0
-        pos = len(self.prompt)  # entries in the cache; the last committed token is not among them yet
         taken = self.stop.take(self.out, [first])
-        self._feed(taken)
-        yield StepEvent(taken, None)
+        lps = self._logprobs(logits, taken) if self.logprobs is not None else None
+        self._feed(taken, pos + 1)
+        yield StepEvent(taken, None, lps)
         t_decode = time.perf_counter()
         while self.stop.reason is None:
             t1 = time.perf_counter()
@@ -312,7 +343,11 @@ class Decoder:
             if window is not None:  # logits of the tree's nodes and of the window's last row only
                 rows = [*range(len(tree)), *(len(tree) + i for i in window.last_row())]
                 keep = torch.tensor(rows, device=device)
-            targets = lm.greedy(ids, pos, cache, keep=keep, depth=depth, visible=visible)  # one per kept row
+            if self.full_logits:
+                logits = lm.forward(ids, pos, cache, keep=keep, depth=depth, visible=visible)[0]  # (kept rows, V)
+                targets = self._step_targets(logits, tree, window, pos)
+            else:
+                targets = lm.greedy(ids, pos, cache, keep=keep, depth=depth, visible=visible)  # one per kept row
             verdict = accept(tree, targets[: len(tree)], draft)
             cache.keep_path(pos, [0, *verdict.path])
             pos += 1 + len(verdict.path)
@@ -321,6 +356,9 @@ class Decoder:
                             window=use_window)
             self.stats.append(stat)
             taken = self.stop.take(self.out, verdict.committed)
+            lps = None
+            if self.logprobs is not None:  # the rows that chose the committed tokens: the root and the accepted path
+                lps = self._logprobs(logits[[0, *verdict.path][: len(taken)]], taken)
             if self.drafter:
                 self.drafter.observe(len(draft), verdict.on_draft)
                 if window is not None:
@@ -328,15 +366,43 @@ class Decoder:
                         self.pool.add(gram)
                     if self.gate:
                         self.gate.observe(len(verdict.tokens) - verdict.on_draft)
-            self._feed(taken)
-            yield StepEvent(taken, stat)
+            self._feed(taken, pos + 1)
+            yield StepEvent(taken, stat, lps)
         self.decode_s = time.perf_counter() - t_decode
 
-    def _feed(self, taken: list[int]) -> None:
+    def _choose(self, logits: torch.Tensor, positions: list[int], paths) -> list[int]:
+        """The token each row of logits (R, V) chooses: sampled (or argmax of processed logits) at
+        `positions` after `paths`, or the plain argmax when only logprobs asked for logits."""
+        if self.sampler is None:
+            return greedy_targets(logits)
+        return self.sampler.choose(logits, positions, paths)
+
+    def _step_targets(self, logits: torch.Tensor, tree: DraftTree, window: JacobiWindow | None, pos: int) -> list[int]:
+        """The choice at each kept row of a step: the tree's nodes (node i predicts position pos + depth + 1
+        after its path) and the window's last row (its guesses: drafts only, so no penalties)."""
+        n = len(tree)
+        paths: list[tuple[int, ...]] = [()]
+        for i in range(1, n):
+            paths.append((*paths[tree.parents[i]], tree.tokens[i]))
+        targets = self._choose(logits[:n], [pos + d + 1 for d in tree.depth], paths)
+        if window is not None:
+            depths = window.depths()
+            positions = [pos + depths[i] + 1 for i in window.last_row()]
+            targets += self._choose(logits[n:], positions, None)
+        return targets
+
+    def _logprobs(self, logits: torch.Tensor, taken: list[int]) -> list[TokenLogprob]:
+        lps = token_logprobs(logits[: len(taken)], taken, self.logprobs)
+        self.token_logprobs += lps
+        return lps
+
+    def _feed(self, taken: list[int], next_position: int) -> None:
         if self.drafter:
             self.drafter.feed(taken)
         if self.pool:
             self.pool.feed(taken)
+        if self.sampler:
+            self.sampler.commit(taken, next_position)
 
     def run(self) -> GenerationResult:
         for _ in self.events():
@@ -353,4 +419,6 @@ class Decoder:
             method=self.method,
             step_stats=self.stats,
             prefill_density=self.prefill_density,
+            seed=None if self.sampler is None or self.sampling.greedy else self.sampler.seed,
+            logprobs=self.token_logprobs if self.logprobs is not None else None,
         )

@@ -8,12 +8,14 @@ from pathlib import Path
 
 from llmaccel.bench.data import LLMA_DIR
 from llmaccel.cli.options import (
-    UserError, add_decoding_options, add_device, add_model, device, lookahead_options, positive, reference_options,
+    UserError, add_decoding_options, add_device, add_model, add_sampling_options, device, lookahead_options,
+    positive, reference_options, sampling,
 )
 
 
 DEFAULT_BENCH_METHODS = "hf-greedy,hf-pld,greedy,reference"
-EXIT_CHECK_FAILED = 1  # --check found an engine method whose tokens differ from hf-greedy's: not a user error
+DEFAULT_SAMPLED_METHODS = "hf-sample,greedy,reference"  # with --temperature > 0
+EXIT_CHECK_FAILED = 1  # --check found an engine method whose tokens differ from its base's: not a user error
 
 
 def cmd_bench(args) -> int:
@@ -23,9 +25,14 @@ def cmd_bench(args) -> int:
     positive("--limit", args.limit)
     if args.offset < 0:
         raise UserError(f"--offset must be 0 or more, got {args.offset}")
-    options, lookahead = reference_options(args), lookahead_options(args)
+    options, lookahead, chosen = reference_options(args), lookahead_options(args), sampling(args)
+    sampled = not chosen.greedy
     dev = device(args)
     sweeping = args.sweep or args.sweep_lookahead or args.sweep_gate
+    if sweeping and chosen != type(chosen)():
+        raise UserError("the sweeps decode greedily: drop the sampling options")
+    if chosen.greedy and chosen.processed:
+        raise UserError("the bench samples with --temperature > 0, or decodes plainly greedy: drop the penalties")
     out = Path(args.json or ("runs/sweep.json" if sweeping else "runs/bench.json"))
     _writable(out)  # before the run, not after it
     if sweeping and args.check:
@@ -35,7 +42,12 @@ def cmd_bench(args) -> int:
                                                       "ngram", "pool_size") if getattr(args, k) is not None]
         if given or args.no_guard:
             raise UserError(f"the sweeps run their own grid of settings: drop {', '.join(given or ['--no-guard'])}")
-    methods = _methods(args, run.ALL_METHODS, dev) if not sweeping else []
+    methods = _methods(args, run.ALL_METHODS, dev, sampled) if not sweeping else []
+    if "hf-sample" in methods:
+        try:
+            run.hf_sampling_kwargs(chosen)
+        except ValueError as exc:
+            raise UserError(f"{exc}: drop them, or hf-sample from --methods") from exc
     samples = data.load_data(args.data, args.limit, args.offset)
     if sweeping:
         if dev != "cpu":
@@ -63,14 +75,16 @@ def cmd_bench(args) -> int:
         print(mod.table(doc))
         print(f"wrote {out} and {png}", file=sys.stderr)
         return 0
-    doc = run.bench(args.model, samples, methods, args.max_new_tokens, options, lookahead, device=dev)
+    doc = run.bench(args.model, samples, methods, args.max_new_tokens, options, lookahead, device=dev,
+                    sampling=chosen if sampled else None)
     png = run.write(doc, out)
     print(run.table(doc))
     print(f"wrote {out} and {png}", file=sys.stderr)
     if args.check:
         differ = run.differences(doc)
+        base = "plain sampling (greedy)" if sampled else "hf-greedy"
         for m, where in differ.items():
-            print(f"llmaccel: check failed: {m} differs from hf-greedy on {len(where)} of {len(doc['samples'])} "
+            print(f"llmaccel: check failed: {m} differs from {base} on {len(where)} of {len(doc['samples'])} "
                   f"rows: {', '.join(where)}", file=sys.stderr)
         if differ:
             return EXIT_CHECK_FAILED
@@ -88,17 +102,25 @@ def _writable(out: Path) -> None:
         raise UserError(f"cannot write {out}: {exc.strerror or exc}") from exc
 
 
-def _methods(args, known: tuple[str, ...], dev: str) -> list[str]:
-    """--methods as a list, checked against --check, --device and what is installed before any loading."""
+def _methods(args, known: tuple[str, ...], dev: str, sampled: bool = False) -> list[str]:
+    """--methods as a list, checked against --check, --device and what is installed before any loading.
+    Sampled runs always include hf-sample (the speed baseline)."""
     from llmaccel.bench import llamacpp
 
-    methods = [m.strip() for m in (args.methods or DEFAULT_BENCH_METHODS).split(",") if m.strip()]
+    default = DEFAULT_SAMPLED_METHODS if sampled else DEFAULT_BENCH_METHODS
+    methods = [m.strip() for m in (args.methods or default).split(",") if m.strip()]
     unknown = [m for m in methods if m not in known]
     if unknown or not methods:
         raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(known)}")
     if len(set(methods)) < len(methods):
         raise UserError(f"--methods names a method twice: {args.methods}")
-    if args.check and "hf-greedy" not in methods:
+    if sampled and "hf-sample" not in methods:
+        methods.insert(0, "hf-sample")
+    if not sampled and "hf-sample" in methods:
+        raise UserError("hf-sample samples: give --temperature > 0 (and --seed, --top-p, ... as wanted)")
+    if args.check and sampled and "greedy" not in methods:
+        raise UserError("--check compares every engine method with plain sampling: add greedy to --methods")
+    if args.check and not sampled and "hf-greedy" not in methods:
         raise UserError("--check compares every engine method with hf-greedy: add hf-greedy to --methods")
     peers = [m for m in methods if m in llamacpp.METHODS]
     if peers:
@@ -200,17 +222,19 @@ def add_parsers(sub) -> None:
     b.add_argument("--limit", type=int, help="run this many rows (after --offset)")
     b.add_argument("--offset", type=int, default=0, help="skip the first N rows")
     b.add_argument("--methods", default=None,
-                   help="comma-separated: hf-greedy, hf-pld (transformers), greedy, reference, lookahead, auto "
-                        "(llmaccel), llamacpp-greedy, llamacpp-pld (llama.cpp, after `make peers`); default "
-                        f"{DEFAULT_BENCH_METHODS}")
+                   help="comma-separated: hf-greedy, hf-pld, hf-sample (transformers), greedy (no drafts), reference, "
+                        "lookahead, auto (llmaccel), llamacpp-greedy, llamacpp-pld (llama.cpp, after `make peers`); "
+                        f"default {DEFAULT_BENCH_METHODS}, or {DEFAULT_SAMPLED_METHODS} with --temperature > 0")
     b.add_argument("--check", action="store_true",
-                   help="exit 1 if an engine method's tokens differ from hf-greedy's on any row")
+                   help="exit 1 if an engine method's tokens differ on any row from hf-greedy's (greedy runs) or "
+                        "from plain sampling's, method greedy (sampled runs)")
     b.add_argument("--max-new-tokens", type=int, default=128)
     b.add_argument("--json", help="OUT.json (a PNG plot is written beside it)")
     b.add_argument("--sweep", action="store_true", help="sweep match_len x copy_len for `reference`")
     b.add_argument("--sweep-lookahead", action="store_true", help="sweep window x n-gram x pool for `lookahead`")
     b.add_argument("--sweep-gate", action="store_true", help="time settings of `auto`'s window gate against `reference`")
     add_decoding_options(b)
+    add_sampling_options(b)
     b.set_defaults(func=cmd_bench)
 
     c = sub.add_parser("cost", help="cost of a k-token step relative to a 1-token step")

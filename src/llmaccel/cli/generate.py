@@ -6,8 +6,8 @@ import json
 import sys
 
 from llmaccel.cli.options import (
-    UserError, add_decoding_options, add_model, add_reference_options, device, lookahead_options, positive,
-    read_text, reference_options,
+    UserError, add_decoding_options, add_model, add_reference_options, add_sampling_options, device,
+    lookahead_options, positive, read_text, reference_options, sampling,
 )
 from llmaccel.methods import DEFAULT_METHOD, METHODS
 
@@ -45,7 +45,11 @@ def cmd_generate(args) -> int:
     if not prompt.strip():
         raise UserError("the prompt is empty")
     positive("--max-new-tokens", args.max_new_tokens)
-    options, lookahead = reference_options(args), lookahead_options(args)
+    options, lookahead, chosen = reference_options(args), lookahead_options(args), sampling(args)
+    if args.logprobs is not None and not args.json:
+        raise UserError("--logprobs is printed with --json: add it")
+    if args.logprobs is not None and not 0 <= args.logprobs <= 20:
+        raise UserError(f"--logprobs must be 0..20, got {args.logprobs}")
     context = [read_text(f, "context file") for f in args.context]
     refs = context + [read_text(f, "reference file") for f in args.reference]
     dev = device(args)
@@ -61,7 +65,7 @@ def cmd_generate(args) -> int:
     result = llmaccel.generate(
         lm, with_documents(prompt, context), references=refs, method=args.method,
         max_new_tokens=args.max_new_tokens, stop=args.stop, chat=args.chat, options=options, lookahead=lookahead,
-        sparse_prefill=args.sparse_prefill,
+        sparse_prefill=args.sparse_prefill, sampling=chosen, logprobs=args.logprobs,
     )
     if args.json:
         print(json.dumps({
@@ -70,12 +74,16 @@ def cmd_generate(args) -> int:
             "prefill_s": result.prefill_s, "decode_s": result.decode_s, "total_s": result.total_s,
             "decode_tokens_per_s": result.decode_tokens_per_s, "drafted": result.drafted,
             "accepted": result.accepted, "lookup_s": result.lookup_s, "prefill_density": result.prefill_density,
+            "seed": result.seed,
+            **({"logprobs": [{"token": e.token, "logprob": e.logprob, "top_logprobs": [list(t) for t in e.top]}
+                             for e in result.logprobs]} if result.logprobs is not None else {}),
         }))
     else:
         print(result.text)
+        seed = f", seed {result.seed}" if result.seed is not None else ""
         print(
             f"[{result.method}: {len(result.token_ids)} tokens in {result.steps} steps, "
-            f"{result.decode_tokens_per_s:.1f} tok/s decode, prefill {result.prefill_s:.2f}s]",
+            f"{result.decode_tokens_per_s:.1f} tok/s decode, prefill {result.prefill_s:.2f}s{seed}]",
             file=sys.stderr,
         )
     return 0
@@ -120,7 +128,7 @@ def cmd_demo(args) -> int:
 
 
 def add_parsers(sub) -> None:
-    g = sub.add_parser("generate", help="generate text (greedy, accelerated without changing the output)",
+    g = sub.add_parser("generate", help="generate text (greedy or sampled, accelerated without changing the output)",
                        description=GENERATE_HELP)
     g.add_argument("prompt", nargs="?", help="the prompt (or --prompt-file, or standard input)")
     g.add_argument("--prompt-file")
@@ -133,9 +141,12 @@ def add_parsers(sub) -> None:
     g.add_argument("--max-new-tokens", type=int, default=128)
     g.add_argument("--stop", action="append", default=[], help="a stop string (repeatable)")
     g.add_argument("--json", action="store_true", help="print token ids, text, steps and timings as JSON")
+    g.add_argument("--logprobs", type=int, metavar="N",
+                   help="with --json: each token's log-probability and its N (0..20) most likely alternatives")
     g.add_argument("--sparse-prefill", action="store_true",
                    help="prefill long prompts with sparse attention (faster, APPROXIMATE; decoding stays exact)")
     add_decoding_options(g)
+    add_sampling_options(g)
     g.set_defaults(func=cmd_generate)
 
     s = sub.add_parser("steps", help="decoding steps `reference` needs for a target (forced decoding)")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from llmaccel.drafting.lookahead import LookaheadOptions
 from llmaccel.drafting.reference import ReferenceOptions
+from llmaccel.errors import GenerationError
+from llmaccel.sampling import Sampling
 
 EXIT_USER_ERROR = 2
 
@@ -107,8 +109,33 @@ def add_decoding_options(p: argparse.ArgumentParser) -> None:
     add_lookahead_options(p)
 
 
+def add_sampling_options(p: argparse.ArgumentParser) -> None:
+    """--temperature and the rest of `Sampling`'s fields (defaults: greedy, every cut and penalty off)."""
+    g = p.add_argument_group("sampling (default greedy; with --seed, every method gives plain sampling's tokens)")
+    g.add_argument("--temperature", type=float, help="0 = greedy (default); e.g. 0.7 or 1.0 to sample")
+    g.add_argument("--top-p", type=float, help="keep the most likely tokens up to this probability mass (default 1)")
+    g.add_argument("--top-k", type=int, help="keep the k most likely tokens (default 0: all)")
+    g.add_argument("--min-p", type=float, help="drop tokens below this share of the most likely one's probability")
+    g.add_argument("--repetition-penalty", type=float, help="> 1 discourages tokens of the prompt and output")
+    g.add_argument("--presence-penalty", type=float, help="-2..2, per token that occurs in the output")
+    g.add_argument("--frequency-penalty", type=float, help="-2..2, per occurrence in the output")
+    g.add_argument("--seed", type=int, help="the sampling seed (default: a random one, printed)")
+
+
+def sampling(args) -> Sampling:
+    """The Sampling the options ask for (checked by the dataclass: one line naming the flag)."""
+    given = {k: getattr(args, k) for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+                                           "presence_penalty", "frequency_penalty", "seed")
+             if getattr(args, k, None) is not None}
+    try:
+        return Sampling(**given)
+    except GenerationError as exc:
+        raise UserError(_flag_names(str(exc))) from exc
+
+
 def _flag_names(message: str) -> str:
     """The options' own messages name fields (match_len); on the command line they are flags (--match-len)."""
-    for field in ("match_len", "copy_len", "branches", "window", "ngram", "pool_size"):
+    for field in ("match_len", "copy_len", "branches", "window", "ngram", "pool_size", "temperature", "top_p",
+                  "top_k", "min_p", "repetition_penalty", "presence_penalty", "frequency_penalty", "seed"):
         message = message.replace(f"{field} ", f"--{field.replace('_', '-')} ")
     return message

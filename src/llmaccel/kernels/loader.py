@@ -38,14 +38,15 @@ log = logging.getLogger(__name__)
 __all__ = ["available", "build", "load"]
 
 _DIR = Path(__file__).parent
-# one extension: the decoder layer calls the GEMM; sparse prefill attention and argmax ride along (one
+# one extension: the decoder layer calls the GEMM; sparse prefill attention, argmax and sampling noise ride along (one
 # build, one cache entry). bindings.cpp binds them to Python.
 _SOURCES = [_DIR / f for f in ("skinny_gemm.cpp", "gemm_vector.cpp", "gemm_amx.cpp", "decoder_layer.cpp",
-                               "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp", "bindings.cpp")]
+                               "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp", "gumbel.cpp",
+                               "bindings.cpp")]
 _HEADERS = [_DIR / f for f in ("vec.h", "tiles.h", "amx.h", "skinny_gemm.h", "gemm_paths.h")]  # part of the build's hash
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # -march=native brings AMX where the CPU has it  # no -ffast-math: IEEE fp32
 _LDFLAGS = ["-fopenmp"]  # at::parallel_for is inline OpenMP; libgomp is the one torch already loaded
-_NAME = "llmaccel_cpu_kernels"  # the GEMM, the decoder layer, sparse attention and argmax
+_NAME = "llmaccel_cpu_kernels"  # the GEMM, the decoder layer, sparse attention, argmax and sampling noise
 _STALE_BUILD_S = 3600  # a temporary build folder untouched this long belongs to a process that died
 
 _lock = threading.Lock()

@@ -6,7 +6,7 @@ tiled kernel that runs every row of x against a panel while it is in cache, so a
 one pass over the weights for 1 row as for 16 (see skinny_gemm.cpp for the layouts and paths).
 
 This module is also the Python API of the rest of llmaccel's CPU kernels, which live in the same
-extension: the decoder layer (decoder_layer.cpp), sparse prefill attention and the argmax kernels.
+extension: the decoder layer (decoder_layer.cpp), sparse prefill attention, the argmax kernels and sampling's noise.
 `loader` builds and loads that extension (once per machine, ~1 min; see there); `available()` and
 `build()` are its, re-exported here. Importing this module never compiles anything.
 """
@@ -18,7 +18,7 @@ import torch
 from llmaccel.kernels import loader
 from llmaccel.kernels.loader import available, build
 
-__all__ = ["SKINNY_MAX_ROWS", "argmax", "argmax_head", "available", "block_codes", "build", "fused_layer", "fused_layer_runs", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "quantize_like_gguf", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
+__all__ = ["SKINNY_MAX_ROWS", "argmax", "argmax_head", "available", "block_codes", "build", "fused_layer", "fused_layer_runs", "gumbel_noise", "has_amx", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "quantize_like_gguf", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 # Steps of up to this many rows use the skinny kernel, more rows (prefill) F.linear: on 2 AVX-512 cores
@@ -179,6 +179,12 @@ def argmax(logits: torch.Tensor) -> torch.Tensor:
     if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.numel() > 0 and available():
         return (_ext or _load()).argmax_rows(logits)
     return logits.argmax(-1)
+
+
+def gumbel_noise(k0: int, k1: int, vocab: int) -> torch.Tensor:
+    """(vocab,) fp32 Gumbel noise of each token id under the 32-bit key halves (k0, k1) (gumbel.cpp);
+    bit for bit what sampling.py computes in torch where the kernels are not built."""
+    return (_ext or _load()).gumbel_noise(k0, k1, vocab)
 
 
 ARGMAX_TILE_N, ARGMAX_TILE_K = 16, 64  # argmax_head.cpp's int8 tiles: vocabulary entries x k
