@@ -3,7 +3,7 @@ sampled, interleaved, on the same prompts; the mean time of a decoding step (for
 
     .venv/bin/python benchmarks/sampling_overhead.py [--model smollm2-135m] [--rounds 6]
 
-Also times the parts alone on one row of logits: the noise of one position (gumbel.cpp), the cuts
+Also times the parts alone on one row of logits: the noise of one position (kernels/sampling.cpp), the cuts
 (top-p 0.95), the choice.
 """
 

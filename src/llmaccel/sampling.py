@@ -149,7 +149,7 @@ def noise_key(seed: int, position: int) -> tuple[int, int]:
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:
-    """gumbel.cpp's mix32 on int64 tensors holding uint32 values (products wrap; the mask keeps 32 bits)."""
+    """kernels/sampling.cpp's mix32 on int64 tensors holding uint32 values (products wrap; the mask keeps 32 bits)."""
     x = x ^ (x >> 16)
     x = (x * 0x7FEB352D) & _M32
     x = x ^ (x >> 15)
@@ -158,7 +158,7 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
 
 
 def _log(x: torch.Tensor) -> torch.Tensor:
-    """Cephes' logf of positive normal fp32 values, operation for operation as gumbel.cpp's cephes_log."""
+    """Cephes' logf of positive normal fp32 values, operation for operation as kernels/sampling.cpp's cephes_log."""
     bits = x.contiguous().view(torch.int32)
     e = (((bits >> 23) & 0xFF) - 126).float()
     m = ((bits & 0x007FFFFF) | 0x3F000000).view(torch.float32)  # x = m 2^e, m in [0.5, 1)
@@ -186,7 +186,7 @@ def _noise_torch(k0: int, k1: int, vocab: int) -> torch.Tensor:
 
 def noise(seed: int, position: int, vocab: int) -> torch.Tensor:
     """(vocab,) fp32 Gumbel noise of position `position` under `seed`, on the CPU: the same bits from the
-    C++ kernel (gumbel.cpp) and from torch where it is not built."""
+    C++ kernel (kernels/sampling.cpp) and from torch where it is not built."""
     from llmaccel.kernels import skinny
 
     k0, k1 = noise_key(seed, position)
@@ -206,19 +206,37 @@ def filter_scores(s: torch.Tensor, top_k: int, top_p: float, min_p: float) -> to
         kth = s.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
         s.masked_fill_(s < kth, -math.inf)
     if top_p < 1.0:
-        p = s.softmax(-1)  # (R, V)
-        k = min(V, 64)
-        while True:  # the nucleus usually lies in the top 64: sort only as much as needed
-            vals = p.topk(k, dim=-1).values  # (R, k), descending
-            cum = vals.cumsum(-1)
-            if k == V or bool((cum[:, -1] >= top_p).all()):
-                break
-            k = min(V, k * 16)
-        kept = ((cum - vals) < top_p).sum(-1, keepdim=True)  # (R, 1): tokens whose mass above is < top_p, >= 1
-        s.masked_fill_(p < vals.gather(-1, kept - 1), -math.inf)
+        from llmaccel.kernels import skinny
+
+        if s.device.type == "cpu" and skinny.available():  # kernels/sampling.cpp: the same cut, ranked by score
+            s.masked_fill_(s < skinny.nucleus_floor(s.contiguous(), top_p)[:, None], -math.inf)
+        else:
+            p = s.softmax(-1)  # (R, V)
+            s.masked_fill_(p < _nucleus_floor(s, p, top_p), -math.inf)
     if min_p > 0.0:
         s.masked_fill_(s < s.amax(-1, keepdim=True) + math.log(min_p), -math.inf)
     return s
+
+
+def _nucleus_floor(s: torch.Tensor, p: torch.Tensor, top_p: float) -> torch.Tensor:
+    """(R, 1): per row, the probability of the last token top-p keeps (ties with it are kept too).
+
+    A token is kept when the mass of the tokens ranked above it is below top_p. Sorting all of a large
+    vocabulary costs milliseconds per row; the nucleus nearly always lies among the tokens within a
+    few nats of the best, so only those are sorted (the first n values of their sort are the first n of
+    the full sort, summed in the same order), widening the set for a row whose set holds too little mass.
+    """
+    top = s.amax(-1, keepdim=True)  # (R, 1)
+    floors = []
+    for r in range(s.shape[0]):
+        for delta in (8.0, 16.0, 32.0, math.inf):
+            vals = p[r][s[r] >= top[r] - delta].sort(descending=True).values  # (n,) the candidates, ranked
+            cum = vals.cumsum(0)
+            if delta == math.inf or cum[-1] >= top_p:
+                break
+        kept = int(((cum - vals) < top_p).sum())
+        floors.append(vals[kept - 1])
+    return torch.stack(floors)[:, None]
 
 
 class Sampler:

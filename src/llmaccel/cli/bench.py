@@ -104,7 +104,7 @@ def _writable(out: Path) -> None:
 
 def _methods(args, known: tuple[str, ...], dev: str, sampled: bool = False) -> list[str]:
     """--methods as a list, checked against --check, --device and what is installed before any loading.
-    Sampled runs always include hf-sample (the speed baseline)."""
+    Sampled runs default to hf-sample (the speed baseline), plain sampling and reference."""
     from llmaccel.bench import llamacpp
 
     default = DEFAULT_SAMPLED_METHODS if sampled else DEFAULT_BENCH_METHODS
@@ -114,8 +114,6 @@ def _methods(args, known: tuple[str, ...], dev: str, sampled: bool = False) -> l
         raise UserError(f"unknown method(s) {unknown}; choose from {', '.join(known)}")
     if len(set(methods)) < len(methods):
         raise UserError(f"--methods names a method twice: {args.methods}")
-    if sampled and "hf-sample" not in methods:
-        methods.insert(0, "hf-sample")
     if not sampled and "hf-sample" in methods:
         raise UserError("hf-sample samples: give --temperature > 0 (and --seed, --top-p, ... as wanted)")
     if args.check and sampled and "greedy" not in methods:

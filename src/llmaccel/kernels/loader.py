@@ -41,7 +41,7 @@ _DIR = Path(__file__).parent
 # one extension: the decoder layer calls the GEMM; sparse prefill attention, argmax and sampling noise ride along (one
 # build, one cache entry). bindings.cpp binds them to Python.
 _SOURCES = [_DIR / f for f in ("skinny_gemm.cpp", "gemm_vector.cpp", "gemm_amx.cpp", "decoder_layer.cpp",
-                               "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp", "gumbel.cpp",
+                               "sparse_attention.cpp", "argmax.cpp", "argmax_head.cpp", "sampling.cpp",
                                "bindings.cpp")]
 _HEADERS = [_DIR / f for f in ("vec.h", "tiles.h", "amx.h", "skinny_gemm.h", "gemm_paths.h")]  # part of the build's hash
 _CFLAGS = ["-O3", "-march=native", "-ffp-contract=fast", "-fopenmp"]  # -march=native brings AMX where the CPU has it  # no -ffast-math: IEEE fp32
