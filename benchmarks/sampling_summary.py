@@ -94,14 +94,18 @@ def plot(rs: list[dict], png: Path) -> None:
     plt.close(fig)
 
 
+def _data_name(stem: str) -> str:
+    parts = stem.split("-")
+    return parts[1] if len(parts) >= 3 else stem
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("files", nargs="+")
     ap.add_argument("--png", default="docs/sampling-speed.png")
     args = ap.parse_args()
-    docs = [(Path(p).stem.split("-", 1)[0] if "-" in Path(p).stem else Path(p).stem, json.loads(Path(p).read_text()))
-            for p in args.files]
-    docs = [(d.get("label") or name, d) for name, d in docs]
+    # runs/<kind>-<data>-T<temperature>.json -> <data>
+    docs = [(_data_name(Path(p).stem), json.loads(Path(p).read_text())) for p in args.files]
     rs = rows(docs)
     print(table(rs))
     totals = defaultdict(lambda: [0, 0])

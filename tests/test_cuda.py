@@ -41,6 +41,16 @@ def test_methods_equal_oracle_on_cuda(tiny_cuda, seed):
         assert lm.graphs is None
 
 
+@pytest.mark.parametrize("seed", range(2))
+def test_sampled_methods_equal_oracle_on_cuda(tiny_cuda, seed):
+    """Seeded sampling on the GPU: every method gives the naive oracle's sampled tokens (noise from the
+    CPU, the cuts and the choice on the GPU)."""
+    from test_sampling import check_random_sampled_cases
+
+    plain, lm = tiny_cuda
+    check_random_sampled_cases(plain, lm, random.Random(seed * 7919 + len(lm.name)), 3)
+
+
 def test_graph_steps_equal_eager_steps_on_cuda():
     """The same sequence through the graphs and eagerly: the same tokens, and logits within rounding."""
     plain, lm = build("llama", seed=3, device="cuda")

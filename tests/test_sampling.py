@@ -254,6 +254,27 @@ def test_nucleus_kernel_and_torch_keep_the_same_tokens():
         assert differ.sum() == 0 or top_p > 0.99, trial
 
 
+def test_fused_choice_equals_the_torch_choice():
+    """kernels/sampling.cpp's fused choice and the torch ops pick the same token (cuts, noise, argmax)."""
+    from llmaccel.kernels import skinny
+
+    if not skinny.available():
+        pytest.skip("the CPU kernels did not build")
+    rng = torch.Generator().manual_seed(2)
+    same = total = 0
+    for trial in range(120):
+        V = [96, 1000, 49152][trial % 3]
+        sp = Sampling(temperature=[0.3, 0.7, 1.0, 1.6][trial % 4], top_k=[0, 0, 7, 100][trial % 4 - (trial % 2)],
+                      top_p=[1.0, 0.95, 0.8][trial % 3 - (trial % 2)], min_p=[0.0, 0.0, 0.05][trial % 3], seed=trial)
+        sampler = smp.Sampler(sp, V, [])
+        logits = torch.randn(5, V, generator=rng) * (1 + trial % 6)
+        positions = [trial, trial + 1, trial + 1, trial + 7, 10**6]
+        fused, plain = sampler._choose_fused(logits, positions), sampler._choose_torch(logits, positions)
+        same += sum(a == b for a, b in zip(fused, plain))
+        total += len(fused)
+    assert same == total
+
+
 # The distribution -----------------------------------------------------------------------------------
 
 DRAWS = 6000

@@ -180,6 +180,37 @@ def check_step_cost(step_cost: Sequence[float]) -> tuple[float, ...]:
     return table
 
 
+class NodeChoices(Sequence[int]):
+    """The choice after each node of a step's tree, made when acceptance first reads it: `accept` reads
+    only the accepted path's nodes and the bonus node, so the rows of a rejected draft cost no sampling.
+
+    Node i chooses the token at position pos + depth + 1, after its own path (penalties see it).
+    """
+
+    def __init__(self, decoder: Decoder, logits: torch.Tensor, tree: DraftTree, pos: int) -> None:
+        self.decoder, self.logits, self.tree, self.pos = decoder, logits, tree, pos  # logits (rows >= len(tree), V)
+        self._made: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return len(self.tree)
+
+    def path(self, i: int) -> tuple[int, ...]:
+        """The drafted tokens from the root's child down to node i (empty for the root)."""
+        out = []
+        while i > 0:
+            out.append(self.tree.tokens[i])
+            i = self.tree.parents[i]
+        return tuple(reversed(out))
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(len(self))[i]]
+        if i not in self._made:
+            self._made[i] = self.decoder._choose(self.logits[i : i + 1], [self.pos + self.tree.depth[i] + 1],
+                                                 [self.path(i)])[0]
+        return self._made[i]
+
+
 class Decoder:
     """One generation: call `events()` to stream steps, or `run()` for the whole result.
 
@@ -232,8 +263,7 @@ class Decoder:
         self.sampling = sampling or Sampling()
         self.logprobs = logprobs
         # The fast path needs only each row's argmax (lm.greedy); sampling, penalties and logprobs need logits.
-        self.sampler = None if self.sampling.plain_greedy else Sampler(self.sampling, lm.vocab_size, self.prompt,
-                                                                        lm.input_device)
+        self.sampler = None if self.sampling.plain_greedy else Sampler(self.sampling, lm.vocab_size, self.prompt)
         self.full_logits = self.sampler is not None or logprobs is not None
         self.token_logprobs: list[TokenLogprob] = []
         # Positions past the model's context are not decoded: stop there like a length limit.
@@ -345,10 +375,12 @@ class Decoder:
                 keep = torch.tensor(rows, device=device)
             if self.full_logits:
                 logits = lm.forward(ids, pos, cache, keep=keep, depth=depth, visible=visible)[0]  # (kept rows, V)
-                targets = self._step_targets(logits, tree, window, pos)
+                targets: Sequence[int] = NodeChoices(self, logits, tree, pos)
+                guesses = self._window_choices(logits[len(tree) :], window, pos) if window is not None else []
             else:
-                targets = lm.greedy(ids, pos, cache, keep=keep, depth=depth, visible=visible)  # one per kept row
-            verdict = accept(tree, targets[: len(tree)], draft)
+                chosen = lm.greedy(ids, pos, cache, keep=keep, depth=depth, visible=visible)  # one per kept row
+                targets, guesses = chosen[: len(tree)], chosen[len(tree) :]
+            verdict = accept(tree, targets, draft)
             cache.keep_path(pos, [0, *verdict.path])
             pos += 1 + len(verdict.path)
             t3 = time.perf_counter()
@@ -362,7 +394,7 @@ class Decoder:
             if self.drafter:
                 self.drafter.observe(len(draft), verdict.on_draft)
                 if window is not None:
-                    for gram in window.update(targets[len(tree) :]):
+                    for gram in window.update(guesses):
                         self.pool.add(gram)
                     if self.gate:
                         self.gate.observe(len(verdict.tokens) - verdict.on_draft)
@@ -377,19 +409,12 @@ class Decoder:
             return greedy_targets(logits)
         return self.sampler.choose(logits, positions, paths)
 
-    def _step_targets(self, logits: torch.Tensor, tree: DraftTree, window: JacobiWindow | None, pos: int) -> list[int]:
-        """The choice at each kept row of a step: the tree's nodes (node i predicts position pos + depth + 1
-        after its path) and the window's last row (its guesses: drafts only, so no penalties)."""
-        n = len(tree)
-        paths: list[tuple[int, ...]] = [()]
-        for i in range(1, n):
-            paths.append((*paths[tree.parents[i]], tree.tokens[i]))
-        targets = self._choose(logits[:n], [pos + d + 1 for d in tree.depth], paths)
-        if window is not None:
-            depths = window.depths()
-            positions = [pos + depths[i] + 1 for i in window.last_row()]
-            targets += self._choose(logits[n:], positions, None)
-        return targets
+    def _window_choices(self, logits: torch.Tensor, window: JacobiWindow, pos: int) -> list[int]:
+        """The window's next guesses from its last row's logits (R, V): sampled at their positions with
+        their noise (so the window converges to the sampled text, as greedy Jacobi to the greedy one),
+        without penalties: they are drafts only."""
+        depths = window.depths()
+        return self._choose(logits, [pos + depths[i] + 1 for i in window.last_row()], None)
 
     def _logprobs(self, logits: torch.Tensor, taken: list[int]) -> list[TokenLogprob]:
         lps = token_logprobs(logits[: len(taken)], taken, self.logprobs)

@@ -1,6 +1,7 @@
-"""The decoding methods, by name. Every method returns exactly the tokens of plain greedy decoding.
+"""The decoding methods, by name. Every method returns exactly the tokens of plain decoding: greedy by
+default, or plain sampling with the same seed (sampling.py).
 
-- `greedy`: one token per step, no draft (the baseline).
+- `greedy`: one token per step, no draft (the baseline; with sampling, plain sampling).
 - `reference`: drafts copied from the references, the prompt and the output so far (drafting/reference.py).
 - `lookahead`: the reference draft and the n-gram pool's candidates as one tree, plus the Jacobi window
   (drafting/lookahead.py).

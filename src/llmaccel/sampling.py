@@ -244,10 +244,9 @@ class Sampler:
     depth share a position, and a rejected draft's positions come back next step) and the counts the
     penalties read."""
 
-    def __init__(self, sampling: Sampling, vocab_size: int, prompt: Sequence[int], device: torch.device) -> None:
+    def __init__(self, sampling: Sampling, vocab_size: int, prompt: Sequence[int]) -> None:
         self.sampling = sampling
         self.vocab = vocab_size
-        self.device = device
         self.seed = sampling.seed if sampling.seed is not None else secrets.randbits(63)
         self._noise: dict[int, torch.Tensor] = {}
         self.counts: Counter[int] = Counter()  # output tokens so far
@@ -255,10 +254,6 @@ class Sampler:
         bad = [t for t in sampling.logit_bias if t >= vocab_size]
         if bad:
             raise GenerationError(f"logit_bias names token ids outside the vocabulary (0..{vocab_size - 1}): {bad[:5]}")
-        self._bias = None
-        if sampling.logit_bias:
-            ids = torch.tensor(list(sampling.logit_bias), device=device)
-            self._bias = (ids, torch.tensor(list(sampling.logit_bias.values()), device=device))
 
     def commit(self, tokens: Sequence[int], next_position: int) -> None:
         """`tokens` joined the output; positions before `next_position` are decided (their noise goes)."""
@@ -268,10 +263,11 @@ class Sampler:
         for p in [p for p in self._noise if p < next_position]:
             del self._noise[p]
 
-    def noise(self, position: int) -> torch.Tensor:
+    def noise(self, position: int, device: torch.device) -> torch.Tensor:
+        """(V,) the noise of `position`, on `device` (where the logits are), kept until it is decided."""
         g = self._noise.get(position)
-        if g is None:
-            g = self._noise[position] = noise(self.seed, position, self.vocab).to(self.device)
+        if g is None or g.device != device:
+            g = self._noise[position] = noise(self.seed, position, self.vocab).to(device)
         return g
 
     def choose(self, logits: torch.Tensor, positions: Sequence[int], paths: Sequence[Sequence[int]] | None) -> list[int]:
@@ -284,15 +280,33 @@ class Sampler:
             l = self._penalise(l.clone(), paths)
         if sp.greedy:
             return _argmax(l)
+        from llmaccel.kernels import skinny
+
+        if l.device.type == "cpu" and skinny.available():
+            return self._choose_fused(l, positions)
+        return self._choose_torch(l, positions)
+
+    def _choose_torch(self, l: torch.Tensor, positions: Sequence[int]) -> list[int]:
+        """The rule in torch ops: where the kernels are not built, and on a GPU."""
+        sp = self.sampling
         s = filter_scores(l / sp.temperature, sp.top_k, sp.top_p, sp.min_p)
-        g = torch.stack([self.noise(p) for p in positions])  # (R, V)
+        g = torch.stack([self.noise(p, s.device) for p in positions])  # (R, V)
         return _argmax(s.add_(g))
+
+    def _choose_fused(self, l: torch.Tensor, positions: Sequence[int]) -> list[int]:
+        """The same rule in one C++ pass per row (kernels/sampling.cpp), the noise made where needed."""
+        from llmaccel.kernels import skinny
+
+        sp = self.sampling
+        keys = torch.tensor([noise_key(self.seed, p) for p in positions], dtype=torch.int64)  # (R, 2)
+        return skinny.sample_rows(l.contiguous(), keys, sp.temperature, sp.top_k, sp.top_p, sp.min_p).tolist()
 
     def _penalise(self, l: torch.Tensor, paths: Sequence[Sequence[int]]) -> torch.Tensor:
         """Bias and penalties on l (R, V), in place, row r seeing the output plus paths[r]."""
         sp = self.sampling
-        if self._bias is not None:
-            l[:, self._bias[0]] += self._bias[1]
+        if sp.logit_bias:
+            l[:, torch.tensor(list(sp.logit_bias), device=l.device)] += torch.tensor(
+                list(sp.logit_bias.values()), dtype=l.dtype, device=l.device)
         cols = sorted(self.seen | set(self.counts) | {t for path in paths for t in path})
         if not cols:
             return l
