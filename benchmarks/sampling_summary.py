@@ -76,13 +76,13 @@ def plot(rs: list[dict], png: Path) -> None:
         series = defaultdict(list)
         for r in rs:
             if r["file"] == f:
-                name = "hf (greedy at T=0)" if r["method"] in ("hf-sample", "hf-greedy") else r["method"]
+                name = "plain (method greedy)" if r["method"] == "greedy" else r["method"]
                 if r["method"] in ("hf-sample", "hf-greedy") or r["method"] in ENGINE:
                     series[name].append((r["T"], r["tok_s"]))
         for name, pts in sorted(series.items()):
             pts.sort()
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name,
-                    color="#999999" if name.startswith("hf") else None)
+                    color="#999999" if name.startswith("hf") else None, lw=2.5 if name.startswith("plain") else 1.5)
         ax.set_title(f)
         ax.set_xlabel("temperature")
         ax.set_ylabel("decode tokens/s")

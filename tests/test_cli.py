@@ -103,6 +103,36 @@ def test_bench_contract(model_dir, capsys, tmp_path):
     assert out.with_suffix(".png").exists()
 
 
+def test_sampled_bench_and_generate(model_dir, capsys, tmp_path):
+    """Sampled: every engine method equals plain sampling (--check passes), hf-sample is the baseline;
+    generate prints the seed and logprobs, and the same seed gives the same tokens."""
+    from llmaccel.sampling import Sampling
+    from oracle import oracle_sample
+
+    d, model = model_dir
+    rows = rows_file(tmp_path / "rows.jsonl", [("t5 t6", ["t1 t2 t3 t4", "t3 t4 t5"], "t1 t2"),
+                                               ("Summarise: t7 t8 t9", ["t7 t8 t9"], "t1 t2")])
+    out = tmp_path / "out.json"
+    code, stdout, _ = run(capsys, "bench", "--data", rows, "--model", d, "--max-new-tokens", 10, "--json", out,
+                          "--temperature", 0.9, "--top-p", 0.95, "--seed", 4, "--check",
+                          "--methods", "hf-sample,greedy,reference,lookahead,auto")
+    assert code == 0 and "| hf-sample |" in stdout and "match plain" in stdout
+    doc = json.loads(out.read_text())
+    assert doc["sampling"]["temperature"] == 0.9 and doc["sampling"]["seed"] == 4
+    assert all(doc["summary"][m]["match_rate_vs_plain"] == 1.0 for m in ("greedy", "reference", "lookahead", "auto"))
+    sp = Sampling(temperature=0.9, top_p=0.95, seed=5)
+    want = oracle_sample(model, [1, 2, 3], 12, sp, 5)
+    code, out_json, err = run(capsys, "generate", "t1 t2 t3", "--model", d, "--max-new-tokens", 12, "--json",
+                              "--temperature", 0.9, "--top-p", 0.95, "--seed", 5, "--logprobs", 2)
+    got = json.loads(out_json)
+    assert code == 0 and got["token_ids"] == want and got["seed"] == 5
+    assert len(got["logprobs"]) == 12 and len(got["logprobs"][0]["top_logprobs"]) == 2
+    code, _, err = run(capsys, "bench", "--data", rows, "--model", d, "--methods", "hf-sample,greedy")
+    assert code == 2 and "--temperature" in err
+    code, _, err = run(capsys, "generate", "t1", "--model", d, "--temperature", -1)
+    assert code == 2 and "--temperature must be" in err
+
+
 @pytest.mark.parametrize("flag,first_column", [("--sweep", "match_len"), ("--sweep-lookahead", "W"),
                                                ("--sweep-gate", "decode tok/s")])
 def test_sweeps_write_table_json_and_plot(model_dir, capsys, tmp_path, flag, first_column):

@@ -45,10 +45,10 @@ def test_methods_equal_oracle_on_cuda(tiny_cuda, seed):
 def test_sampled_methods_equal_oracle_on_cuda(tiny_cuda, seed):
     """Seeded sampling on the GPU: every method gives the naive oracle's sampled tokens (noise from the
     CPU, the cuts and the choice on the GPU)."""
-    from test_sampling import check_random_sampled_cases
+    from test_sampling import random_sampling
 
     plain, lm = tiny_cuda
-    check_random_sampled_cases(plain, lm, random.Random(seed * 7919 + len(lm.name)), 3)
+    check_random_cases(plain, lm, random.Random(seed * 7919 + len(lm.name)), 3, sampling=random_sampling)
 
 
 def test_graph_steps_equal_eager_steps_on_cuda():

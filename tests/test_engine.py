@@ -10,15 +10,21 @@ import torch
 
 import llmaccel
 from llmaccel.engine import Decoder, GenerationError
-from oracle import oracle_greedy
+from oracle import oracle_greedy, oracle_sample
 
 
-def _case(rng: random.Random, plain, vocab: int):
+def _oracle(plain, prompt, max_new_tokens, sampling=None, eos=()):
+    if sampling is None:
+        return oracle_greedy(plain, prompt, max_new_tokens, eos)
+    return oracle_sample(plain, prompt, max_new_tokens, sampling, sampling.seed, eos)
+
+
+def _case(rng: random.Random, plain, vocab: int, sampling=None):
     """A random prompt, and references that partly copy the true continuation (so drafts get accepted,
     rejected midway, and run into EOS and limits)."""
     alphabet = rng.sample(range(vocab), rng.randint(4, 24))
     prompt = [rng.choice(alphabet) for _ in range(rng.randint(1, 40))]
-    truth = oracle_greedy(plain, prompt, 48)
+    truth = _oracle(plain, prompt, 48, sampling)
     refs = []
     for _ in range(rng.randint(0, 4)):
         a = rng.randint(0, len(truth) - 1)
@@ -32,24 +38,30 @@ def _case(rng: random.Random, plain, vocab: int):
     return prompt, refs, eos
 
 
-def check_random_cases(plain, lm, rng: random.Random, cases: int) -> None:
+def random_options(rng: random.Random) -> tuple[llmaccel.ReferenceOptions, llmaccel.LookaheadOptions]:
+    """Random drafting options: guard on and off, chains and trees, windows of every shape."""
+    opts = llmaccel.ReferenceOptions(match_len=rng.randint(1, 3), copy_len=rng.randint(1, 20),
+                                     adaptive=rng.random() < 0.5, branches=rng.choice([0, 0, 1, 3]))
+    la = llmaccel.LookaheadOptions(window=rng.randint(1, 6), ngram=rng.randint(2, 5), pool_size=rng.randint(1, 6),
+                                   seed=rng.randrange(100))
+    return opts, la
+
+
+def check_random_cases(plain, lm, rng: random.Random, cases: int, sampling=None) -> None:
     """`cases` random prompts, references, EOS and limits; every method with random options must give the
-    oracle's tokens (run on the plain model, on the same device)."""
+    oracle's tokens (run on the plain model, on the same device). `sampling`: rng -> a Sampling drawn
+    per case (random parameters and seed), or None for greedy decoding."""
     for _ in range(cases):
-        prompt, refs, eos = _case(rng, plain, lm.vocab_size)
+        sp = sampling(rng) if sampling else None
+        prompt, refs, eos = _case(rng, plain, lm.vocab_size, sp)
         max_new = rng.randint(1, 40)
         lm.eos_token_ids = eos
-        want = oracle_greedy(plain, prompt, max_new, eos)
+        want = _oracle(plain, prompt, max_new, sp, eos)
         for method in ("greedy", "reference", "lookahead", "auto"):
-            opts = llmaccel.ReferenceOptions(
-                match_len=rng.randint(1, 3), copy_len=rng.randint(1, 20), adaptive=rng.random() < 0.5,
-                branches=rng.choice([0, 0, 1, 3]),
-            )
-            la = llmaccel.LookaheadOptions(window=rng.randint(1, 6), ngram=rng.randint(2, 5),
-                                           pool_size=rng.randint(1, 6), seed=rng.randrange(100))
+            opts, la = random_options(rng)
             got = Decoder(lm, prompt, method=method, references=refs, max_new_tokens=max_new, options=opts,
-                          lookahead=la).run()
-            assert got.token_ids == want, (method, prompt, refs, eos, max_new, opts, la)
+                          lookahead=la, sampling=sp).run()
+            assert got.token_ids == want, (method, sp, prompt, refs, eos, max_new, opts, la)
             assert got.steps <= len(want)
     lm.eos_token_ids = ()
 

@@ -26,7 +26,7 @@ def cli(capsys, *argv):
 
 
 def test_method_registry():
-    assert run.ALL_METHODS == ("hf-greedy", "hf-pld", *methods.METHODS, "llamacpp-greedy", "llamacpp-pld")
+    assert run.ALL_METHODS == ("hf-greedy", "hf-pld", "hf-sample", *methods.METHODS, "llamacpp-greedy", "llamacpp-pld")
     assert run.CHECKED_METHODS == methods.METHODS  # --check: the engine's methods only
     # llama.cpp's prompt lookup drafts as many tokens as transformers' does
     assert llamacpp.METHODS == {"llamacpp-greedy": None,

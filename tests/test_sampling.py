@@ -16,11 +16,13 @@ from llmaccel.engine import Decoder, GenerationError
 from llmaccel.methods import METHODS
 from llmaccel.sampling import Sampling
 from oracle import oracle_greedy, oracle_sample, processed_scores
+from test_engine import check_random_cases
 
 COPY_ALL = llmaccel.ReferenceOptions(match_len=1, copy_len=16, adaptive=False)
 
 
-def _random_sampling(rng: random.Random, vocab: int) -> Sampling:
+def random_sampling(rng: random.Random, vocab: int = 96) -> Sampling:
+    """Random parameters (cuts, penalties, a bias, temperatures from greedy to hot) and a random seed."""
     return Sampling(
         temperature=rng.choice([0.0, 0.3, 0.7, 1.0, 1.0, 1.5]),
         top_k=rng.choice([0, 0, 3, 20]),
@@ -34,39 +36,11 @@ def _random_sampling(rng: random.Random, vocab: int) -> Sampling:
     )
 
 
-def check_random_sampled_cases(plain, lm, rng: random.Random, cases: int) -> None:
-    """Random prompts, sampling parameters, seeds, references copying (with errors) the sampled
-    continuation, EOS and limits: every method must give the naive oracle's sampled tokens."""
-    vocab = lm.vocab_size
-    for _ in range(cases):
-        sp = _random_sampling(rng, vocab)
-        alphabet = rng.sample(range(vocab), rng.randint(4, 24))
-        prompt = [rng.choice(alphabet) for _ in range(rng.randint(1, 30))]
-        truth = oracle_sample(plain, prompt, 40, sp, sp.seed)
-        refs = []
-        for _ in range(rng.randint(1, 4)):
-            a = rng.randint(0, len(truth) - 1)
-            piece = [t if rng.random() > 0.1 else rng.randrange(vocab) for t in truth[a : a + rng.randint(1, 30)]]
-            refs.append([rng.choice(alphabet) for _ in range(rng.randint(0, 6))] + piece)
-        eos = (truth[rng.randint(1, len(truth) - 1)],) if rng.random() < 0.4 else ()
-        max_new = rng.randint(1, 40)
-        lm.eos_token_ids = eos
-        want = oracle_sample(plain, prompt, max_new, sp, sp.seed, eos)
-        for method in METHODS:
-            opts = llmaccel.ReferenceOptions(match_len=rng.randint(1, 3), copy_len=rng.randint(1, 20),
-                                             adaptive=rng.random() < 0.5, branches=rng.choice([0, 0, 1, 3]))
-            la = llmaccel.LookaheadOptions(window=rng.randint(1, 6), ngram=rng.randint(2, 5),
-                                           pool_size=rng.randint(1, 6), seed=rng.randrange(100))
-            got = Decoder(lm, prompt, method=method, references=refs, max_new_tokens=max_new, options=opts,
-                          lookahead=la, sampling=sp).run()
-            assert got.token_ids == want, (method, sp, prompt, refs, eos, max_new, opts, la)
-    lm.eos_token_ids = ()
-
-
 @pytest.mark.parametrize("seed", range(4))
 def test_sampled_methods_equal_the_oracle(tiny, seed):
     plain, lm = tiny
-    check_random_sampled_cases(plain, lm, random.Random(seed * 104729 + zlib.crc32(lm.name.encode()) % 1000), 3)
+    check_random_cases(plain, lm, random.Random(seed * 104729 + zlib.crc32(lm.name.encode()) % 1000), 3,
+                       sampling=random_sampling)
 
 
 def test_drafts_are_accepted_under_sampling(tiny):
