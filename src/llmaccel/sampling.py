@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from llmaccel.errors import GenerationError, InputTypeError
+from llmaccel.errors import GenerationError, InputTypeError, check_int
+from llmaccel.verify import greedy_targets
 
 __all__ = ["MAX_TOP_LOGPROBS", "Sampler", "Sampling", "TokenLogprob", "noise", "noise_key", "token_logprobs"]
 
@@ -85,8 +86,7 @@ class Sampling:
     def __post_init__(self) -> None:
         set_ = object.__setattr__
         set_(self, "temperature", _in_range("temperature", self.temperature, 0.0, math.inf))
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int):
-            raise InputTypeError(f"top_k must be an integer, got {type(self.top_k).__name__} {self.top_k!r}")
+        check_int("top_k", self.top_k)
         if self.top_k < -1:
             raise GenerationError(f"top_k must be at least 1 (0 or -1: no limit), got {self.top_k}")
         set_(self, "top_k", max(0, self.top_k))
@@ -206,13 +206,8 @@ def filter_scores(s: torch.Tensor, top_k: int, top_p: float, min_p: float) -> to
         kth = s.topk(top_k, dim=-1).values[:, -1:]  # (R, 1)
         s.masked_fill_(s < kth, -math.inf)
     if top_p < 1.0:
-        from llmaccel.kernels import skinny
-
-        if s.device.type == "cpu" and skinny.available():  # kernels/sampling.cpp: the same cut, ranked by score
-            s.masked_fill_(s < skinny.nucleus_floor(s.contiguous(), top_p)[:, None], -math.inf)
-        else:
-            p = s.softmax(-1)  # (R, V)
-            s.masked_fill_(p < _nucleus_floor(s, p, top_p), -math.inf)
+        p = s.softmax(-1)  # (R, V)
+        s.masked_fill_(p < _nucleus_floor(s, p, top_p), -math.inf)
     if min_p > 0.0:
         s.masked_fill_(s < s.amax(-1, keepdim=True) + math.log(min_p), -math.inf)
     return s
@@ -279,7 +274,7 @@ class Sampler:
         if sp.processed and paths is not None:
             l = self._penalise(l.clone(), paths)
         if sp.greedy:
-            return _argmax(l)
+            return greedy_targets(l)
         from llmaccel.kernels import skinny
 
         if l.device.type == "cpu" and skinny.available():
@@ -291,7 +286,7 @@ class Sampler:
         sp = self.sampling
         s = filter_scores(l / sp.temperature, sp.top_k, sp.top_p, sp.min_p)
         g = torch.stack([self.noise(p, s.device) for p in positions])  # (R, V)
-        return _argmax(s.add_(g))
+        return greedy_targets(s.add_(g))
 
     def _choose_fused(self, l: torch.Tensor, positions: Sequence[int]) -> list[int]:
         """The same rule in one C++ pass per row (kernels/sampling.cpp), the noise made where needed."""
@@ -329,12 +324,6 @@ class Sampler:
             sub = sub - sp.frequency_penalty * counts - sp.presence_penalty * (counts > 0).to(l.dtype)
         l[:, idx] = sub
         return l
-
-
-def _argmax(s: torch.Tensor) -> list[int]:
-    from llmaccel.kernels import skinny
-
-    return skinny.argmax(s).tolist()
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,6 @@ torch::Tensor argmax_rows(const torch::Tensor& logits);
 
 // sampling.cpp
 torch::Tensor gumbel_noise(int64_t k0, int64_t k1, int64_t vocab);
-torch::Tensor nucleus_floor(const torch::Tensor& s, double top_p);
 torch::Tensor sample_rows(const torch::Tensor& l, const torch::Tensor& keys, double temperature, int64_t top_k,
                           double top_p, double min_p);
 
@@ -64,7 +63,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("sparse_hand_tiles", &sparse_hand_tiles, "sparse attention's products: register tiles (on) or gather + at::mm_out; returns which");
   m.def("argmax_rows", &argmax_rows, "argmax over the last dim of fp32 CPU logits, first index on ties, NaN first (as torch.argmax)");
   m.def("gumbel_noise", &gumbel_noise, "(vocab,) Gumbel noise of the hash of each token id under the key (k0, k1); see sampling.py");
-  m.def("nucleus_floor", &nucleus_floor, "per row of scores (R, V), the score of the last token top-p keeps; see sampling.py");
   m.def("sample_rows", &sample_rows, "seeded sampling of each row of logits: cuts, then the Gumbel-max with each row's noise key; see sampling.py");
   m.def("argmax_head", &argmax_head, "argmax of x @ w^T per row through an int8 copy of w and a bound; -1 where undecided");
   m.def("has_argmax_head", &has_argmax_head, "whether argmax_head decides rows on this CPU (AMX int8)");

@@ -1,5 +1,5 @@
-// Seeded sampling's two hot loops (sampling.py has the rule): the Gumbel noise of a position, and the
-// top-p cut.
+// Seeded sampling's hot loops (sampling.py has the rule): the Gumbel noise of a position, and the whole
+// choice of a row (the cuts, top-p among them, then the Gumbel-max).
 //
 // Noise. Why by hand: every sampled position needs one noise value per vocabulary entry. Through torch ops the
 // hash and two logarithms are ~30 passes over the vocabulary (~2 ms for SmolLM2's 49,152 entries, a
@@ -139,26 +139,6 @@ float nucleus(const float* x, int64_t V, float mx, float p_cut, std::vector<Scor
 }
 
 }  // namespace
-
-// (R,) float32: per row of scores s (R, V), the score of the last token top-p keeps.
-at::Tensor nucleus_floor(const at::Tensor& s, double top_p) {
-  if (s.dim() != 2 || s.scalar_type() != at::kFloat || !s.is_contiguous() || !s.device().is_cpu())
-    throw std::invalid_argument("nucleus_floor: s must be a contiguous 2-D float32 CPU tensor");
-  const int64_t R = s.size(0), V = s.size(1);
-  at::Tensor out = at::empty({R}, at::kFloat);
-  const float* base = s.data_ptr<float>();
-  float* floor = out.data_ptr<float>();
-  at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<Scored> cand;
-    for (int64_t r = r0; r < r1; ++r) {
-      const float* x = base + r * V;
-      float mx = -std::numeric_limits<float>::infinity();
-      for (int64_t j = 0; j < V; ++j) mx = std::max(mx, x[j]);
-      floor[r] = nucleus(x, V, mx, static_cast<float>(top_p), cand);
-    }
-  });
-  return out;
-}
 
 // The whole choice of a row, fused (sampling.py's `Sampler.choose` through torch is the same
 // arithmetic): scores s = logits / temperature; the top-k, top-p and min-p cuts as a floor on s; then

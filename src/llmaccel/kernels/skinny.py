@@ -18,7 +18,7 @@ import torch
 from llmaccel.kernels import loader
 from llmaccel.kernels.loader import available, build
 
-__all__ = ["SKINNY_MAX_ROWS", "argmax", "argmax_head", "available", "block_codes", "build", "fused_layer", "fused_layer_runs", "gumbel_noise", "has_amx", "nucleus_floor", "sample_rows", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "quantize_like_gguf", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
+__all__ = ["SKINNY_MAX_ROWS", "argmax", "argmax_head", "available", "block_codes", "build", "fused_layer", "fused_layer_runs", "gumbel_noise", "has_amx", "sample_rows", "has_argmax_head", "linear", "llama_layer", "pack", "pack_argmax_head", "panel_width", "quantize_like_gguf", "sparse_attention", "sparse_hand_tiles", "step_attention_tiles"]
 
 CODE_BLOCK = 32  # weights per block along K in GGUF's Q4_1 / Q8_0 (and in the kernel's code blocks)
 # Steps of up to this many rows use the skinny kernel, more rows (prefill) F.linear: on 2 AVX-512 cores
@@ -185,11 +185,6 @@ def gumbel_noise(k0: int, k1: int, vocab: int) -> torch.Tensor:
     """(vocab,) fp32 Gumbel noise of each token id under the 32-bit key halves (k0, k1) (sampling.cpp);
     bit for bit what sampling.py computes in torch where the kernels are not built."""
     return (_ext or _load()).gumbel_noise(k0, k1, vocab)
-
-
-def nucleus_floor(s: torch.Tensor, top_p: float) -> torch.Tensor:
-    """s (R, V) fp32 CPU scores -> (R,): the score of the last token top-p keeps in each row (sampling.cpp)."""
-    return (_ext or _load()).nucleus_floor(s, top_p)
 
 
 def sample_rows(logits: torch.Tensor, keys: torch.Tensor, temperature: float, top_k: int, top_p: float,
