@@ -210,7 +210,8 @@ def test_fast_cuts_equal_the_naive_ones():
 
 
 def test_fused_choice_equals_the_torch_choice():
-    """kernels/sampling.cpp's fused choice and the torch ops pick the same token (cuts, noise, argmax)."""
+    """kernels/sampling.cpp's fused choice and the torch ops pick the same token (cuts, noise, argmax),
+    including where the fused choice skips tokens by the noise's bound: flat rows, ties, dropped tokens."""
     from llmaccel.kernels import skinny
 
     if not skinny.available():
@@ -223,6 +224,9 @@ def test_fused_choice_equals_the_torch_choice():
                       top_p=[1.0, 0.95, 0.8][trial % 3 - (trial % 2)], min_p=[0.0, 0.0, 0.05][trial % 3], seed=trial)
         sampler = smp.Sampler(sp, V, [])
         logits = torch.randn(5, V, generator=rng) * (1 + trial % 6)
+        logits[1] *= 0.001  # nearly flat: every token within the noise's reach of the best
+        logits[2] = torch.randint(0, 3, (V,), generator=rng).float()  # ties everywhere
+        logits[3, torch.randint(0, V, (V // 3,), generator=rng)] = -math.inf  # dropped tokens (logit_bias)
         positions = [trial, trial + 1, trial + 1, trial + 7, 10**6]
         fused, plain = sampler._choose_fused(logits, positions), sampler._choose_torch(logits, positions)
         same += sum(a == b for a, b in zip(fused, plain))

@@ -69,13 +69,60 @@ inline avec cephes_log(avec x) {
   return r + e * c(0.693359375);
 }
 
-// AVL lanes of noise for tokens i0 .. i0 + AVL - 1.
-inline avec noise_lanes(uint32_t i0, uint32_t a, uint32_t b) {
+// The 23 hash bits of tokens i0 .. i0 + AVL - 1 under the key (a, b).
+inline auvec hash_bits(uint32_t i0, uint32_t a, uint32_t b) {
   auvec i;
   for (int l = 0; l < AVL; ++l) i[l] = i0 + static_cast<uint32_t>(l);
-  const auvec x = mix32(mix32(i * 0x9e3779b1U + a) ^ b);
-  const avec u = (__builtin_convertvector((aivec)(x >> 9), avec) + 0.5f) * c(1.1920928955078125e-7);
-  return -cephes_log(-cephes_log(u));  // u = (23 bits + 0.5) / 2^23 in (0, 1): never 0 or 1
+  return mix32(mix32(i * 0x9e3779b1U + a) ^ b) >> 9;
+}
+
+// The Gumbel noise of 23-bit hash values: u = (bits + 0.5) / 2^23 in (0, 1), never 0 or 1.
+inline avec gumbel_of_bits(auvec bits) {
+  const avec u = (__builtin_convertvector((aivec)bits, avec) + 0.5f) * c(1.1920928955078125e-7);
+  return -cephes_log(-cephes_log(u));
+}
+
+// AVL lanes of noise for tokens i0 .. i0 + AVL - 1.
+inline avec noise_lanes(uint32_t i0, uint32_t a, uint32_t b) { return gumbel_of_bits(hash_bits(i0, a, b)); }
+
+inline bool any_lane(aivec m) {  // m: a comparison's lanes (0 or -1)
+#if defined(__AVX512F__)
+  return _mm512_test_epi32_mask((__m512i)m, (__m512i)m) != 0;
+#elif defined(__AVX__)
+  return _mm256_movemask_ps((__m256)m) != 0;
+#else
+  int32_t r = 0;
+  for (int l = 0; l < AVL; ++l) r |= m[l];
+  return r != 0;
+#endif
+}
+
+// Bounds on the noise, so a choice can skip the tokens that cannot win. The noise of a token whose hash
+// bits are below kTail (all but 2^-8 of tokens) is at most `body`; every token's is at most `max`. Taken
+// over all 2^23 hash values through the same arithmetic (~20 ms once), not from the formula: a polynomial
+// log need not be monotone, and a bound off by one rounding would change a choice.
+constexpr uint32_t kTail = (1u << 23) - (1u << 15);
+
+struct NoiseBounds {
+  float body, max;
+};
+
+const NoiseBounds& noise_bounds() {
+  static const NoiseBounds b = [] {
+    const float neg_inf = -std::numeric_limits<float>::infinity();
+    avec body = splat(neg_inf), top = splat(neg_inf);
+    auvec bits;
+    for (int l = 0; l < AVL; ++l) bits[l] = static_cast<uint32_t>(l);
+    for (uint32_t v = 0; v < (1u << 23); v += AVL, bits += AVL) {
+      const avec g = gumbel_of_bits(bits);
+      top = top > g ? top : g;
+      if (v < kTail) body = body > g ? body : g;  // kTail is a multiple of AVL
+    }
+    NoiseBounds r{neg_inf, neg_inf};
+    for (int l = 0; l < AVL; ++l) r.body = std::max(r.body, body[l]), r.max = std::max(r.max, top[l]);
+    return r;
+  }();
+  return b;
 }
 
 }  // namespace
@@ -108,6 +155,34 @@ struct Scored {
 // The score of the last token top-p keeps in the row x (V scores, -inf = dropped, max mx): tokens are
 // ranked by score, and one is kept while the probability mass ranked above it is below p_cut. `cand`
 // receives the kept tokens (scores and ids, best first).
+// Appends the tokens of x (V scores) scoring at least `low` to `out`, by ascending id; a vector of
+// scores with none at `low` costs one comparison.
+void collect(const float* x, int64_t V, float low, std::vector<Scored>& out) {
+  int64_t k = 0;
+  for (; k + AVL <= V; k += AVL) {
+    if (!any_lane(aload(x + k) >= low)) continue;
+    for (int l = 0; l < AVL; ++l)
+      if (x[k + l] >= low) out.push_back({x[k + l], static_cast<int32_t>(k + l)});
+  }
+  for (; k < V; ++k)
+    if (x[k] >= low) out.push_back({x[k], static_cast<int32_t>(k)});
+}
+
+// The k-th highest score of x (V scores, max mx, 1 <= k < V): only the tokens within a few nats of the
+// max go through nth_element, widening the set until it holds k (nth_element over all of SmolLM2's
+// scores cost ~0.45 ms).
+float kth_score(const float* x, int64_t V, float mx, int64_t k, std::vector<Scored>& tmp) {
+  for (const float delta : {8.0f, 16.0f, 32.0f, std::numeric_limits<float>::infinity()}) {
+    tmp.clear();
+    collect(x, V, mx - delta, tmp);
+    if (static_cast<int64_t>(tmp.size()) >= k) {
+      std::nth_element(tmp.begin(), tmp.begin() + (k - 1), tmp.end(), [](const Scored& a, const Scored& b) { return a.s > b.s; });
+      return tmp[k - 1].s;
+    }
+  }
+  return -std::numeric_limits<float>::infinity();  // fewer than k comparable scores (NaN): keep them all
+}
+
 float nucleus(const float* x, int64_t V, float mx, float p_cut, std::vector<Scored>& cand) {
   avec acc = splat(0.0f);
   int64_t j = 0;
@@ -119,9 +194,7 @@ float nucleus(const float* x, int64_t V, float mx, float p_cut, std::vector<Scor
   float last = mx;
   for (const float delta : {8.0f, 16.0f, 32.0f, std::numeric_limits<float>::infinity()}) {
     cand.clear();
-    const float low = mx - delta;
-    for (int64_t k = 0; k < V; ++k)
-      if (x[k] >= low) cand.push_back({x[k], static_cast<int32_t>(k)});
+    collect(x, V, mx - delta, cand);
     std::sort(cand.begin(), cand.end(), [](const Scored& a, const Scored& b) { return a.s > b.s || (a.s == b.s && a.id < b.id); });
     float above = 0.0f;
     size_t kept = 0;
@@ -163,23 +236,32 @@ at::Tensor sample_rows(const at::Tensor& l, const at::Tensor& keys, double tempe
   const float T = static_cast<float>(temperature);
   const float neg_inf = -std::numeric_limits<float>::infinity();
   at::parallel_for(0, R, 1, [&](int64_t r0, int64_t r1) {
-    std::vector<float> s(V);
+    std::vector<float> s((V + AVL - 1) / AVL * AVL, neg_inf);  // whole vectors; the padding stays -inf
     std::vector<Scored> cand;
     for (int64_t r = r0; r < r1; ++r) {
       const float* x = base + r * V;
       const uint32_t a = static_cast<uint32_t>(key[2 * r]), b = static_cast<uint32_t>(key[2 * r + 1]);
       float mx = neg_inf;
-      for (int64_t j = 0; j < V; ++j) {
-        s[j] = x[j] / T;
-        mx = std::max(mx, s[j]);
+      int64_t top_id = 0;
+      avec vmx = splat(neg_inf);
+      int64_t j = 0;
+      for (; j + AVL <= V; j += AVL) {
+        const avec v = aload(x + j) / T;  // the same rounding as the scalar division
+        astore(s.data() + j, v);
+        vmx = v > vmx ? v : vmx;
+      }
+      for (int l = 0; l < AVL; ++l) mx = std::max(mx, vmx[l]);
+      for (; j < V; ++j) s[j] = x[j] / T, mx = std::max(mx, s[j]);
+      while (top_id < V && !(s[top_id] == mx)) ++top_id;  // the first token at the max
+      if (mx == neg_inf) {  // every token dropped (logit_bias): token 0, as the torch rule's argmax
+        ids[r] = 0;
+        continue;
       }
       float low = neg_inf;
       if (top_k > 0 && top_k < V) {
-        std::vector<float> tmp(s);
-        std::nth_element(tmp.begin(), tmp.begin() + (top_k - 1), tmp.end(), std::greater<float>());
-        low = tmp[top_k - 1];
-        for (int64_t j = 0; j < V; ++j)
-          if (s[j] < low) s[j] = neg_inf;
+        low = kth_score(s.data(), V, mx, top_k, cand);
+        if (top_p < 1.0)  // the nucleus is taken among the top-k tokens
+          for (int64_t t = 0; t < V; ++t) s[t] = s[t] < low ? neg_inf : s[t];
       }
       bool few = false;
       if (top_p < 1.0) {
@@ -197,13 +279,28 @@ at::Tensor sample_rows(const at::Tensor& l, const at::Tensor& keys, double tempe
           if (v > best || (v == best && c.id < at)) best = v, at = c.id;
         }
       } else {
+        // Start from the most likely token (every cut keeps it), then visit the rest, skipping a token
+        // whose score plus its noise's bound is below the best so far: it can neither win nor tie, since
+        // rounding is monotone (s + g <= s + bound for g <= bound). The hash is cheap and the logarithms
+        // are not, so the hash decides which bound applies: the top tail's large noise is rare. At T=1
+        // on SmolLM2 the logarithms run for a few hundred tokens of 49,152.
+        const int64_t i_top = top_id;
+        best = mx + noise_lanes(static_cast<uint32_t>(i_top - i_top % AVL), a, b)[i_top % AVL], at = i_top;
+        const NoiseBounds& nb = noise_bounds();
         for (int64_t i0 = 0; i0 < V; i0 += AVL) {
-          const avec g = noise_lanes(static_cast<uint32_t>(i0), a, b);
-          for (int l2 = 0; l2 < AVL && i0 + l2 < V; ++l2) {
-            const float sj = s[i0 + l2];
-            if (sj < low || sj == neg_inf) continue;
-            const float v = sj + g[l2];
-            if (v > best) best = v, at = i0 + l2;  // ascending ids: the first maximum wins
+          avec sv = aload(s.data() + i0);  // s is padded to whole vectors with -inf
+          sv = sv >= low ? sv : neg_inf;
+          const aivec maybe = sv + nb.max >= best;
+          if (!any_lane(maybe)) continue;
+          const auvec bits = hash_bits(static_cast<uint32_t>(i0), a, b);
+          const aivec need = maybe & ((aivec)(bits >= kTail) | (sv + nb.body >= best));
+          if (!any_lane(need)) continue;
+          const avec g = gumbel_of_bits(bits);
+          for (int l2 = 0; l2 < AVL; ++l2) {
+            if (!need[l2]) continue;
+            const float v = sv[l2] + g[l2];
+            const int64_t id = i0 + l2;
+            if (v > best || (v == best && id < at)) best = v, at = id;
           }
         }
       }
