@@ -190,3 +190,22 @@ def test_too_large_references_are_refused_before_any_work(tiny, monkeypatch):
     monkeypatch.setattr(engine, "MAX_REFERENCE_CHARS", 1000)
     with pytest.raises(GenerationError, match="1,200 characters"):  # text: refused before it is tokenized
         llmaccel.generate(lm, [1, 2], references=["t1 " * 400], max_new_tokens=4)
+
+
+def test_draft_sources_are_counted_per_reference(tiny):
+    """Drafted and accepted tokens are counted under the label of the reference they were copied from."""
+    import llmaccel
+
+    _, lm = tiny
+    prompt = [5, 6, 7, 8, 9]
+    target = llmaccel.generate(lm, prompt, max_new_tokens=30, method="greedy").token_ids
+    unrelated = [(3 * i + 1) % 90 for i in range(40)]
+    r = llmaccel.generate(lm, prompt, max_new_tokens=30, method="reference", references=[unrelated, [9, *target]],
+                          reference_sources=["other", "answer"])
+    assert r.token_ids == target
+    assert r.accepted_by_source().get("answer", 0) >= 15 and "other" not in r.accepted_by_source()
+    assert r.drafted_by_source()["answer"] >= r.accepted_by_source()["answer"]
+    assert sum(r.accepted_by_source().values()) == r.accepted
+    events = list(llmaccel.stream(lm, prompt, max_new_tokens=30, method="reference", references=[[9, *target]]))
+    sources = [s for e in events for s in e.sources]
+    assert len(sources) == 30 and sources.count("references") == r.accepted_by_source()["answer"]

@@ -126,6 +126,7 @@ def generate(
     step_cost: Sequence[float] | None = None,
     sampling: Sampling | None = None,
     logprobs: int | None = None,
+    reference_sources: Sequence[str] | None = None,
 ) -> GenerationResult:
     """Decoding of `prompt` (text or token ids), accelerated by `method` (greedy, reference, lookahead,
     auto); the output equals plain decoding's: greedy by default, or sampled as `sampling` says, the
@@ -137,12 +138,14 @@ def generate(
     sizes drafts (None: the model's, see step_cost.py). `sparse_prefill=True` prefills long prompts with
     sparse attention (MInference's patterns): faster, approximate, off by default. logprobs: N (0..20)
     returns each token's log-probability under the model and its N most likely alternatives
-    (`result.logprobs`).
+    (`result.logprobs`). reference_sources: a label per reference; the result counts drafted and
+    accepted tokens per label (`result.drafted_by_source()`, `accepted_by_source()`; "prompt" and
+    "lookahead" are the engine's own sources).
     """
     return _decoder(
         lm, prompt, references=references, chat=chat, stop=stop, max_new_tokens=max_new_tokens, method=method,
         options=options, lookahead=lookahead, sparse_prefill=sparse_prefill, step_cost=step_cost,
-        sampling=sampling, logprobs=logprobs,
+        sampling=sampling, logprobs=logprobs, reference_sources=reference_sources,
     ).run()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -51,6 +52,11 @@ assert MAX_STEP_TOKENS >= 2 * MAX_WINDOW_TOKENS  # room for a draft beside the l
 # and gigabytes before the first token: it is refused instead.
 MAX_REFERENCE_TOKENS = 2_000_000
 MAX_REFERENCE_CHARS = 8_000_000  # about the same bound on text (~4.2 characters a token), checked before tokenizing
+# Where a drafted token came from (StepStat, StepEvent): "prompt" (the prompt and the output so far,
+# copied by the stream index), "lookahead" (the n-gram pool and the Jacobi window), or the label of
+# the reference it was copied from ("references" unless the caller names them: a server labels
+# predictions, earlier turns and stored answers).
+PROMPT_SOURCE, LOOKAHEAD_SOURCE, REFERENCE_SOURCE = "prompt", "lookahead", "references"
 WARN_REFERENCE_TOKENS = 250_000  # from here on, a warning says that indexing takes a while
 
 
@@ -61,6 +67,8 @@ class StepStat:
     forward_s: float
     lookup_s: float  # time spent finding the draft
     window: bool = False  # the step carried the lookahead window
+    drafted_from: dict[str, int] = field(default_factory=dict)  # fed draft tokens per source (SOURCES)
+    accepted_from: tuple[str, ...] = ()  # the source of each accepted token, in order
 
 
 @dataclass
@@ -72,7 +80,7 @@ class GenerationResult:
     prefill_s: float
     decode_s: float
     total_s: float
-    stop_reason: str  # "eos" | "length" | "stop_string" | "context"
+    stop_reason: str | None  # "eos" | "length" | "stop_string" | "context"; None: ended early by the caller
     method: str
     step_stats: list[StepStat] = field(default_factory=list, repr=False)
     prefill_density: float = 1.0  # share of causal query-key pairs prefill scored (< 1: sparse prefill, approximate)
@@ -91,6 +99,17 @@ class GenerationResult:
     def lookup_s(self) -> float:
         return sum(s.lookup_s for s in self.step_stats)
 
+    def drafted_by_source(self) -> dict[str, int]:
+        """Draft tokens fed to the model per source (SOURCES), over the whole generation."""
+        out: Counter[str] = Counter()
+        for s in self.step_stats:
+            out.update(s.drafted_from)
+        return dict(out)
+
+    def accepted_by_source(self) -> dict[str, int]:
+        """Accepted draft tokens per source, over the whole generation."""
+        return dict(Counter(src for s in self.step_stats for src in s.accepted_from))
+
     @property
     def decode_tokens_per_s(self) -> float:
         return len(self.token_ids) / self.decode_s if self.decode_s > 0 else float("inf")
@@ -103,6 +122,7 @@ class StepEvent:
     new_tokens: list[int]
     stat: StepStat | None  # None for the token from prefill
     logprobs: list[TokenLogprob] | None = None  # per new token, when asked for
+    sources: list[str | None] = field(default_factory=list)  # per new token: the draft source it was accepted from, None = the model's own
 
 
 class StopChecker:
@@ -234,11 +254,13 @@ class Decoder:
         step_cost: Sequence[float] | None = None,
         sampling: Sampling | None = None,
         logprobs: int | None = None,
+        reference_sources: Sequence[str] | None = None,
     ) -> None:
         """`sparse_prefill`: prefill long prompts with sparse attention (approximate; the model's pattern
         config decides from which length); decoding and verification stay exact. `sampling`: how tokens
         are chosen (None: greedy). `logprobs`: return each token's log-probability and the N most likely
-        alternatives (0..20; None: none)."""
+        alternatives (0..20; None: none). `reference_sources`: a label per reference, which the step
+        statistics count its drafted and accepted tokens under (None: all "references")."""
         if method not in METHODS:
             raise GenerationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         check_int("max_new_tokens", max_new_tokens, 1)
@@ -271,6 +293,12 @@ class Decoder:
         self.context_bound = self.budget < max_new_tokens
         self.stop = StopChecker(lm.eos_token_ids, self.budget, _check_stop_strings(stop_strings), lm.decode)
         self.references = _check_references(references, lm.vocab_size)
+        if reference_sources is None:
+            reference_sources = [REFERENCE_SOURCE] * len(self.references)
+        if isinstance(reference_sources, str) or len(reference_sources) != len(self.references) or not all(
+                isinstance(x, str) for x in reference_sources):
+            raise InputTypeError("reference_sources must be a list of labels (str), one per reference")
+        self.reference_sources = list(reference_sources)
         self.options = options or ReferenceOptions()
         self.lookahead_options = la = lookahead or LookaheadOptions()
         # Every step fits in MAX_STEP_TOKENS: the window's nodes (at most MAX_WINDOW_TOKENS, checked by the
@@ -305,18 +333,26 @@ class Decoder:
                 self.gate = WindowGate(self.step_cost, explore_every=la.explore_every,
                                        max_explore_every=la.max_explore_every, prior=la.gate_prior)
 
-    def _plan(self, pos: int) -> tuple[DraftTree, list[int], bool]:
-        """The step's draft tree, the reference draft inside it, and whether the window comes along."""
+    def _source(self, draft: Sequence[int]) -> str:
+        """The source label of a draft from the reference drafter: the reference it continues (the
+        first that holds it), else the prompt and output."""
+        doc = self.drafter.index.reference_matcher.document_of_draft(draft)
+        return self.reference_sources[doc] if doc >= 0 else PROMPT_SOURCE
+
+    def _plan(self, pos: int) -> tuple[DraftTree, list[str], list[int], bool]:
+        """The step's draft tree, each node's source label (the root's ""), the reference draft inside
+        the tree, and whether the window comes along."""
         tree = DraftTree(self.out[-1])
+        labels = [""]
         room = self.budget - len(self.out) - 1  # drafted tokens that can still be kept (the bonus comes on top)
         if self.drafter is None or room <= 0:
-            return tree, [], False
+            return tree, labels, [], False
         draft = self.drafter.propose(min(room, MAX_STEP_TOKENS - 1 - self.window_tokens))
-        tree.add(draft)
+        labels += [self._source(draft)] * tree.add(draft)
         for alt in self.drafter.alternatives(len(draft)):
-            tree.add(alt, max_nodes=MAX_STEP_TOKENS // 2)
+            labels += [self._source(alt)] * tree.add(alt, max_nodes=MAX_STEP_TOKENS // 2)
         if self.window is None:
-            return tree, draft, False
+            return tree, labels, draft, False
         la = self.lookahead_options
         # The window's last node sits rows + W - 1 places after the root (at pos): inside the context.
         fits = pos + len(self.window.rows) + self.window.width < self.lm.max_context
@@ -326,8 +362,8 @@ class Decoder:
         if use:
             budget = MAX_STEP_TOKENS - len(self.window)
             for cont in self.pool.candidates(self.out[-1]):
-                tree.add(cont[:room], max_nodes=budget)
-        return tree, draft, use
+                labels += [LOOKAHEAD_SOURCE] * tree.add(cont[:room], max_nodes=budget)
+        return tree, labels, draft, use
 
     def _step_inputs(self, tree: DraftTree, window: JacobiWindow | None):
         """ids (1, T), depth (T,) and visible (T, T) of the tree followed by the window (None, None for a chain)."""
@@ -360,47 +396,53 @@ class Decoder:
         taken = self.stop.take(self.out, [first])
         lps = self._logprobs(logits, taken) if self.logprobs is not None else None
         self._feed(taken, pos + 1)
-        yield StepEvent(taken, None, lps)
+        yield StepEvent(taken, None, lps, [None] * len(taken))
         t_decode = time.perf_counter()
-        while self.stop.reason is None:
-            t1 = time.perf_counter()
-            tree, draft, use_window = self._plan(pos)
-            window = self.window if use_window else None
-            ids, depth, visible = self._step_inputs(tree, window)
-            t2 = time.perf_counter()
-            T = ids.shape[1]
-            keep: int | torch.Tensor = T
-            if window is not None:  # logits of the tree's nodes and of the window's last row only
-                rows = [*range(len(tree)), *(len(tree) + i for i in window.last_row())]
-                keep = torch.tensor(rows, device=device)
-            if self.full_logits:
-                logits = lm.forward(ids, pos, cache, keep=keep, depth=depth, visible=visible)[0]  # (kept rows, V)
-                targets: Sequence[int] = NodeChoices(self, logits, tree, pos)
-                guesses = self._window_choices(logits[len(tree) :], window, pos) if window is not None else []
-            else:
-                chosen = lm.greedy(ids, pos, cache, keep=keep, depth=depth, visible=visible)  # one per kept row
-                targets, guesses = chosen[: len(tree)], chosen[len(tree) :]
-            verdict = accept(tree, targets, draft)
-            cache.keep_path(pos, [0, *verdict.path])
-            pos += 1 + len(verdict.path)
-            t3 = time.perf_counter()
-            stat = StepStat(tokens_in=T, accepted=len(verdict.path), forward_s=t3 - t2, lookup_s=t2 - t1,
-                            window=use_window)
-            self.stats.append(stat)
-            taken = self.stop.take(self.out, verdict.committed)
-            lps = None
-            if self.logprobs is not None:  # the rows that chose the committed tokens: the root and the accepted path
-                lps = self._logprobs(logits[[0, *verdict.path][: len(taken)]], taken)
-            if self.drafter:
-                self.drafter.observe(len(draft), verdict.on_draft)
+        try:
+            while self.stop.reason is None:
+                t1 = time.perf_counter()
+                tree, labels, draft, use_window = self._plan(pos)
+                window = self.window if use_window else None
+                ids, depth, visible = self._step_inputs(tree, window)
+                t2 = time.perf_counter()
+                T = ids.shape[1]
+                keep: int | torch.Tensor = T
+                if window is not None:  # logits of the tree's nodes and of the window's last row only
+                    rows = [*range(len(tree)), *(len(tree) + i for i in window.last_row())]
+                    keep = torch.tensor(rows, device=device)
+                if self.full_logits:
+                    logits = lm.forward(ids, pos, cache, keep=keep, depth=depth, visible=visible)[0]  # (kept rows, V)
+                    targets: Sequence[int] = NodeChoices(self, logits, tree, pos)
+                    guesses = self._window_choices(logits[len(tree) :], window, pos) if window is not None else []
+                else:
+                    chosen = lm.greedy(ids, pos, cache, keep=keep, depth=depth, visible=visible)  # one per kept row
+                    targets, guesses = chosen[: len(tree)], chosen[len(tree) :]
+                verdict = accept(tree, targets, draft)
+                cache.keep_path(pos, [0, *verdict.path])
+                pos += 1 + len(verdict.path)
+                t3 = time.perf_counter()
+                drafted_from = Counter(labels[1:])
                 if window is not None:
-                    for gram in window.update(guesses):
-                        self.pool.add(gram)
-                    if self.gate:
-                        self.gate.observe(len(verdict.tokens) - verdict.on_draft)
-            self._feed(taken, pos + 1)
-            yield StepEvent(taken, stat, lps)
-        self.decode_s = time.perf_counter() - t_decode
+                    drafted_from[LOOKAHEAD_SOURCE] += T - len(tree)
+                accepted_from = tuple(labels[i] for i in verdict.path)
+                stat = StepStat(tokens_in=T, accepted=len(verdict.path), forward_s=t3 - t2, lookup_s=t2 - t1,
+                                window=use_window, drafted_from=dict(drafted_from), accepted_from=accepted_from)
+                self.stats.append(stat)
+                taken = self.stop.take(self.out, verdict.committed)
+                lps = None
+                if self.logprobs is not None:  # the rows that chose the committed tokens: the root and the accepted path
+                    lps = self._logprobs(logits[[0, *verdict.path][: len(taken)]], taken)
+                if self.drafter:
+                    self.drafter.observe(len(draft), verdict.on_draft)
+                    if window is not None:
+                        for gram in window.update(guesses):
+                            self.pool.add(gram)
+                        if self.gate:
+                            self.gate.observe(len(verdict.tokens) - verdict.on_draft)
+                self._feed(taken, pos + 1)
+                yield StepEvent(taken, stat, lps, [*accepted_from, None][: len(taken)])
+        finally:  # also when the caller closes the stream early
+            self.decode_s = time.perf_counter() - t_decode
 
     def _choose(self, logits: torch.Tensor, positions: list[int], paths) -> list[int]:
         """The token each row of logits (R, V) chooses: sampled (or argmax of processed logits) at
@@ -432,6 +474,10 @@ class Decoder:
     def run(self) -> GenerationResult:
         for _ in self.events():
             pass
+        return self.result()
+
+    def result(self) -> GenerationResult:
+        """The generation so far (after `events()` ended, or was closed early: stop_reason None then)."""
         return GenerationResult(
             token_ids=self.out,
             text=self.lm.decode(self.out),

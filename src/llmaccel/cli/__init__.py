@@ -1,5 +1,5 @@
 """The `llmaccel` command: generate, steps, demo (cli/generate.py); bench, cost, search-patterns,
-bench-prefill (cli/bench.py).
+bench-prefill (cli/bench.py); serve (cli/serve.py).
 
 User errors print one line and exit 2; Ctrl-C exits 130; neither shows a traceback. Only light modules
 are imported before `main` runs, so even an interrupt during the heavy imports is answered in one line.
@@ -18,13 +18,14 @@ EXIT_INTERRUPTED = 130
 
 
 def parser() -> argparse.ArgumentParser:
-    from llmaccel.cli import bench, generate
+    from llmaccel.cli import bench, generate, serve
 
     ap = argparse.ArgumentParser(prog="llmaccel", description="Lossless LLM inference acceleration")
     ap.add_argument("-v", "--verbose", action="store_true", help="log what loading, building and drafting do")
     sub = ap.add_subparsers(dest="command", required=True)
     generate.add_parsers(sub)
     bench.add_parsers(sub)
+    serve.add_parsers(sub)
     return ap
 
 

@@ -107,6 +107,21 @@ class ReferenceMatcher:
                 return [], 0
         return _most_frequent_path(sam, s, max_tokens), length
 
+    def document_of_draft(self, tokens: Sequence[int]) -> int:
+        """The number of the first reference document in which the current match continues with
+        ``tokens`` (a draft of :meth:`draft`'s), or -1 if none does."""
+        if not tokens:
+            return -1
+        states = self.automaton.states
+        s = self.state
+        while s != ROOT and tokens[0] not in states[s].next:
+            s = states[s].link
+        for token in tokens:
+            s = states[s].next.get(token, -1)
+            if s < 0:
+                return -1
+        return self.automaton.document_of(states[s].first_end)
+
     def alternatives(self, max_tokens: int, min_match: int, n: int) -> list[list[int]]:
         """Up to ``n`` continuations of the current match other than :meth:`draft`'s: each starts with
         a less frequent next token (by count) and then follows the most frequent path."""
@@ -195,12 +210,14 @@ class StreamMatcher:
 class Draft:
     """Tokens proposed for verification and where they came from.
 
-    ``source`` is ``"reference"``, ``"stream"`` or ``"none"`` (no draft).
+    ``source`` is ``"reference"``, ``"stream"`` or ``"none"`` (no draft); ``document`` the number of the
+    reference the tokens were copied from (the first that holds them), -1 if not a reference's.
     """
 
     tokens: tuple[int, ...]
     match_length: int
     source: str
+    document: int = -1
 
 
 class ReferenceIndex:
@@ -238,7 +255,7 @@ class ReferenceIndex:
         ref_tokens, ref_len = self.reference_matcher.draft(max_tokens, min_match)
         str_tokens, str_len = self.stream_matcher.draft(max_tokens, min_match)
         if ref_tokens and ref_len >= str_len:
-            return Draft(tuple(ref_tokens), ref_len, "reference")
+            return Draft(tuple(ref_tokens), ref_len, "reference", self.reference_matcher.document_of_draft(ref_tokens))
         if str_tokens:
             return Draft(tuple(str_tokens), str_len, "stream")
         return Draft((), 0, "none")

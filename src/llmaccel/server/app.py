@@ -1,0 +1,359 @@
+"""The HTTP layer: FastAPI routes in OpenAI's shapes over the worker (worker.py).
+
+    /v1/chat/completions, /v1/completions   generate (streamed as server-sent events with "stream": true)
+    /v1/models                              the one model served
+    /health, /metrics                       liveness; Prometheus text (no key needed, as vLLM's)
+
+Every answer other than 200 has OpenAI's error shape ({"error": {"message", "type", "param", "code"}}),
+and no client input reaches a 500: bad input is an ApiError raised before the job is queued.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llmaccel.server.metrics import Metrics
+from llmaccel.server.protocol import (PREDICTION, ApiError, ChatRequest, CompletionRequest, Limits, chat_job,
+                                      completion_job, parse_body)
+from llmaccel.server.text import TextStream
+from llmaccel.server.worker import Ticket, Worker
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ServerConfig", "create_app"]
+
+
+@dataclass
+class ServerConfig:
+    api_keys: Sequence[str] = ()  # empty: no key needed
+    limits: Limits = field(default_factory=Limits)
+    max_queue: int = 16  # requests waiting beyond the running one; past it, 429
+    shutdown_grace_s: float = 10.0  # a running generation's time to finish on shutdown
+
+
+class _Hooks:
+    """What the worker calls around each job: metrics now; the answer store plugs in here."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def before(self, ticket: Ticket) -> None:
+        pass
+
+    def after(self, ticket: Ticket, result) -> None:
+        self.metrics.record(ticket, result)
+
+
+def finish_reason(stop_reason: str | None) -> str:
+    return "stop" if stop_reason in ("eos", "stop_string") else "length"
+
+
+def stats(ticket: Ticket, result) -> dict:
+    """The response's `llmaccel` object: how the answer was made."""
+    n = len(result.token_ids)
+    return {
+        "method": result.method,
+        "steps": result.steps,
+        "tokens_per_step": round(n / result.steps, 3) if result.steps else 0.0,
+        "drafted": result.drafted_by_source(),
+        "accepted": result.accepted_by_source(),
+        "queue_s": round((ticket.started or ticket.enqueued) - ticket.enqueued, 6),
+        "time_to_first_token_s": round(ticket.first_token - ticket.enqueued, 6) if ticket.first_token else None,
+        "prefill_s": round(result.prefill_s, 6),
+        "decode_s": round(result.decode_s, 6),
+        "stop_reason": result.stop_reason,
+        "seed": result.seed,
+    }
+
+
+def usage(result) -> dict:
+    drafted = result.drafted_by_source().get(PREDICTION, 0)
+    accepted = result.accepted_by_source().get(PREDICTION, 0)
+    n = len(result.token_ids)
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": n, "total_tokens": result.prompt_tokens + n,
+            "completion_tokens_details": {"accepted_prediction_tokens": accepted,
+                                          "rejected_prediction_tokens": drafted - accepted}}
+
+
+def _token_text(lm, t: int) -> str:
+    return lm.tokenizer.decode([t])
+
+
+def chat_logprobs(lm, lps) -> dict:
+    def entry(t, lp):
+        s = _token_text(lm, t)
+        return {"token": s, "logprob": lp, "bytes": list(s.encode())}
+    return {"content": [{**entry(x.token, x.logprob), "top_logprobs": [entry(t, lp) for t, lp in x.top]} for x in lps]}
+
+
+def completion_logprobs(lm, lps, offset: int = 0) -> dict:
+    tokens = [_token_text(lm, x.token) for x in lps]
+    offsets, at = [], offset
+    for s in tokens:
+        offsets.append(at)
+        at += len(s)
+    return {"tokens": tokens, "token_logprobs": [x.logprob for x in lps],
+            "top_logprobs": [{_token_text(lm, t): lp for t, lp in x.top} for x in lps], "text_offset": offsets}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with a 413 past `limit` bytes before it is all read."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, f"the request body has {int(declared):,} bytes; at most {limit:,} are accepted")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"the request body exceeds {limit:,} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _watch_disconnect(request: Request, ticket: Ticket) -> None:
+    while not ticket.cancelled.is_set():
+        if await request.is_disconnected():
+            ticket.cancel()
+            return
+        await asyncio.sleep(0.2)
+
+
+def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
+    """The app serving `lm` (a LoadedModel). The worker thread starts and stops with the app's lifespan."""
+    config = config or ServerConfig()
+    metrics = Metrics()
+    worker = Worker(lm, max_queue=config.max_queue, time_limit_s=config.limits.time_limit_s, hooks=_Hooks(metrics))
+    metrics.queue.set_function(worker.queue_length)
+    metrics.running.set_function(lambda: 0 if worker.running is None else 1)
+    keys = [k.encode() for k in config.api_keys]
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        worker.start()
+        yield
+        await run_in_threadpool(worker.stop, config.shutdown_grace_s)
+
+    app = FastAPI(title="llmaccel", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker, app.state.metrics, app.state.lm = worker, metrics, lm
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError):
+        return JSONResponse(ApiError(400, "invalid request").body(), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        msg = {404: f"no such endpoint: {request.method} {request.url.path}",
+               405: f"{request.method} is not allowed on {request.url.path}"}.get(exc.status_code, str(exc.detail))
+        return JSONResponse(ApiError(exc.status_code, msg).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request: Request, exc: Exception):
+        log.exception("unhandled error")
+        return JSONResponse(ApiError(500, "internal error; see the server's log", type="server_error").body(),
+                            status_code=500)
+
+    @app.middleware("http")
+    async def _count(request: Request, call_next):
+        response = await call_next(request)
+        path = request.url.path
+        endpoint = path if path in ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health",
+                                    "/metrics", "/") else "other"
+        metrics.requests.labels(endpoint, str(response.status_code)).inc()
+        return response
+
+    def scope_of(request: Request) -> str:
+        """The tenant of a request: its API key when keys are configured (401 without a valid one)."""
+        if not keys:
+            return ""
+        auth = request.headers.get("authorization", "")
+        given = auth[7:].strip().encode() if auth[:7].lower() == "bearer " else b""
+        ok = False
+        for k in keys:  # every key compared, in constant time each: the timing says nothing about which
+            ok |= hmac.compare_digest(given, k)
+        if not ok:
+            raise ApiError(401, "a valid API key is needed: send it as 'Authorization: Bearer KEY'",
+                           code="invalid_api_key")
+        return given.decode()
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "model": lm.name, "queue": worker.queue_length(), "running": worker.running is not None}
+
+    @app.get("/metrics")
+    async def metrics_text():
+        return Response(metrics.text(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    def model_card() -> dict:
+        return {"id": lm.name, "object": "model", "created": created, "owned_by": "llmaccel",
+                "max_model_len": lm.max_context}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        scope_of(request)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{name:path}")
+    async def model(name: str, request: Request):
+        scope_of(request)
+        if name != lm.name:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves {lm.name!r}",
+                           code="model_not_found")
+        return model_card()
+
+    async def start(request: Request, parse, make_job) -> Ticket:
+        """Checks, queues and waits for the job to start (or fail): errors are answered before any stream."""
+        scope = scope_of(request)
+        raw = await read_body(request, config.limits.max_body_bytes)
+        req = parse_body(raw, parse, config.limits)
+        job = await run_in_threadpool(make_job, req, lm, config.limits)
+        ticket = Ticket(job, asyncio.get_running_loop(), scope)
+        worker.submit(ticket)
+        watcher = asyncio.create_task(_watch_disconnect(request, ticket))
+        try:
+            kind, value = await ticket.next()
+        finally:
+            watcher.cancel()
+        if kind == "error":
+            raise value
+        return ticket
+
+    async def collect(request: Request, ticket: Ticket):
+        watcher = asyncio.create_task(_watch_disconnect(request, ticket))
+        steps, lps = [], []
+        try:
+            while True:
+                kind, value = await ticket.next()
+                if kind == "step":
+                    steps.append(value)
+                    lps += value.logprobs or []
+                elif kind == "done":
+                    return steps, lps, value
+                elif kind == "error":
+                    raise value
+        finally:
+            watcher.cancel()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        ticket = await start(request, ChatRequest, chat_job)
+        job, rid = ticket.job, f"chatcmpl-{uuid.uuid4().hex}"
+        if job.stream:
+            return StreamingResponse(_chat_stream(ticket, rid), media_type="text/event-stream")
+        steps, lps, result = await collect(request, ticket)
+        text = TextStream(lm.decode, job.stop)
+        text.push(result.token_ids)
+        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": lm.name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text.text},
+                             "logprobs": chat_logprobs(lm, lps) if job.logprobs is not None else None,
+                             "finish_reason": finish_reason(result.stop_reason)}],
+                "usage": usage(result), "llmaccel": stats(ticket, result)}
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        ticket = await start(request, CompletionRequest, completion_job)
+        job, rid = ticket.job, f"cmpl-{uuid.uuid4().hex}"
+        if job.stream:
+            return StreamingResponse(_completion_stream(ticket, rid), media_type="text/event-stream")
+        steps, lps, result = await collect(request, ticket)
+        text = TextStream(lm.decode, job.stop)
+        text.push(result.token_ids)
+        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": lm.name,
+                "choices": [{"index": 0, "text": text.text,
+                             "logprobs": completion_logprobs(lm, lps) if job.logprobs is not None else None,
+                             "finish_reason": finish_reason(result.stop_reason)}],
+                "usage": usage(result), "llmaccel": stats(ticket, result)}
+
+    def sse(obj) -> str:
+        return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
+
+    async def _events(ticket: Ticket) -> AsyncIterator[tuple]:
+        """The job's steps, then its result; cancels the job if the client goes away."""
+        try:
+            while True:
+                kind, value = await ticket.next()
+                if kind == "error":
+                    raise value
+                yield kind, value
+                if kind == "done":
+                    return
+        finally:
+            ticket.cancel()  # a no-op once done; stops the generation if the client left
+
+    async def _chat_stream(ticket: Ticket, rid: str) -> AsyncIterator[str]:
+        job, now = ticket.job, int(time.time())
+        head = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": lm.name}
+
+        def chunk(delta: dict, finish=None, logprobs=None) -> str:
+            return sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
+
+        text = TextStream(lm.decode, job.stop)
+        yield chunk({"role": "assistant", "content": ""})
+        try:
+            async for kind, value in _events(ticket):
+                if kind == "step":
+                    delta = text.push(value.new_tokens)
+                    lp = chat_logprobs(lm, value.logprobs) if job.logprobs is not None else None
+                    if delta or lp:
+                        yield chunk({"content": delta} if delta else {}, logprobs=lp)
+                else:
+                    rest = text.finish()
+                    if rest:
+                        yield chunk({"content": rest})
+                    final = {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                                  "finish_reason": finish_reason(value.stop_reason)}],
+                             "llmaccel": stats(ticket, value)}
+                    yield sse(final)
+                    if job.include_usage:
+                        yield sse({**head, "choices": [], "usage": usage(value)})
+        except ApiError as exc:
+            yield sse(exc.body())
+        yield "data: [DONE]\n\n"
+
+    async def _completion_stream(ticket: Ticket, rid: str) -> AsyncIterator[str]:
+        job, now = ticket.job, int(time.time())
+        head = {"id": rid, "object": "text_completion", "created": now, "model": lm.name}
+
+        def chunk(text_delta: str, finish=None, logprobs=None) -> str:
+            return sse({**head, "choices": [{"index": 0, "text": text_delta, "logprobs": logprobs,
+                                             "finish_reason": finish}]})
+
+        text = TextStream(lm.decode, job.stop)
+        try:
+            async for kind, value in _events(ticket):
+                if kind == "step":
+                    delta = text.push(value.new_tokens)
+                    lp = completion_logprobs(lm, value.logprobs) if job.logprobs is not None else None
+                    if delta or lp:
+                        yield chunk(delta, logprobs=lp)
+                else:
+                    rest = text.finish()
+                    final = {**head, "choices": [{"index": 0, "text": rest, "logprobs": None,
+                                                  "finish_reason": finish_reason(value.stop_reason)}],
+                             "llmaccel": stats(ticket, value)}
+                    yield sse(final)
+                    if job.include_usage:
+                        yield sse({**head, "choices": [], "usage": usage(value)})
+        except ApiError as exc:
+            yield sse(exc.body())
+        yield "data: [DONE]\n\n"
+
+    return app
