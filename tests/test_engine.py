@@ -97,9 +97,10 @@ def test_lookahead_trees_and_window_are_exercised(tiny):
     original = dec._plan
 
     def spy(pos):
-        tree, draft, use = original(pos)
+        tree, labels, draft, use = original(pos)
         trees.append(tree)
-        return tree, draft, use
+        assert len(labels) == len(tree) and labels[0] == ""
+        return tree, labels, draft, use
 
     dec._plan = spy
     got = dec.run()

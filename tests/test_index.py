@@ -286,14 +286,19 @@ def test_index_picks_longer_match_and_ties_go_to_reference():
     idx.feed([9, 8, 7, 9, 8])
     assert idx.draft(2, 1) == Draft((7, 9), 2, "stream")  # reference has no match
     idx.feed([1, 2])
-    assert idx.draft(2, 1) == Draft((3, 4), 2, "reference")
+    assert idx.draft(2, 1) == Draft((3, 4), 2, "reference", 0)
     idx.feed([3, 9, 8, 7])  # stream "9 8 7" (3) beats the reference (no match)
     assert idx.draft(2, 1) == Draft((9, 8), 3, "stream")
     assert idx.stream_length == 11
 
     tie = ReferenceIndex([[1, 2, 3]])
     tie.feed([1, 2, 5, 1, 2])  # both sources match "1 2"
-    assert tie.draft(3, 1) == Draft((3,), 2, "reference")
+    assert tie.draft(3, 1) == Draft((3,), 2, "reference", 0)
+    two = ReferenceIndex([[1, 2, 3], [4, 1, 2, 6]])
+    two.feed([4, 1, 2])  # only the second document holds "4 1 2", and it goes on with 6
+    assert two.draft(3, 1) == Draft((6,), 3, "reference", 1)
+    assert two.reference_matcher.document_of_draft([3]) == 0  # "1 2 3": the first document
+    assert two.reference_matcher.document_of_draft([7]) == -1
 
 
 def test_index_with_no_match_and_none():
@@ -302,7 +307,7 @@ def test_index_with_no_match_and_none():
     assert idx.draft(3, 1) == Draft((), 0, "none")
     assert idx.stream_length == 4
     idx.feed([1])
-    assert idx.draft(3, 1) == Draft((2, 3), 1, "reference")
+    assert idx.draft(3, 1) == Draft((2, 3), 1, "reference", 0)
     empty = ReferenceIndex([])
     empty.feed([1, 2, 1])
     assert empty.draft(3, 1) == Draft((2, 1, 2), 1, "stream")
