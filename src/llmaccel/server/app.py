@@ -252,35 +252,35 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         finally:
             watcher.cancel()
 
+    async def answer(request: Request, ticket: Ticket, rid: str, obj: str, choice) -> dict:
+        """The whole answer of a non-streamed request; `choice(text, logprobs)` makes the choice's
+        content fields (chat's message, completions' text)."""
+        steps, lps, result = await collect(request, ticket)
+        text = TextStream(lm.decode, ticket.job.stop)
+        text.push(result.token_ids)
+        return {"id": rid, "object": obj, "created": int(time.time()), "model": lm.name,
+                "choices": [{"index": 0, **choice(text.text, lps if ticket.job.logprobs is not None else None),
+                             "finish_reason": finish_reason(result.stop_reason)}],
+                "usage": usage(result), "llmaccel": stats(ticket, result)}
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         ticket = await start(request, ChatRequest, chat_job)
-        job, rid = ticket.job, f"chatcmpl-{uuid.uuid4().hex}"
-        if job.stream:
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        if ticket.job.stream:
             return StreamingResponse(_chat_stream(ticket, rid), media_type="text/event-stream")
-        steps, lps, result = await collect(request, ticket)
-        text = TextStream(lm.decode, job.stop)
-        text.push(result.token_ids)
-        return {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": lm.name,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text.text},
-                             "logprobs": chat_logprobs(lm, lps) if job.logprobs is not None else None,
-                             "finish_reason": finish_reason(result.stop_reason)}],
-                "usage": usage(result), "llmaccel": stats(ticket, result)}
+        return await answer(request, ticket, rid, "chat.completion", lambda text, lps: {
+            "message": {"role": "assistant", "content": text},
+            "logprobs": chat_logprobs(lm, lps) if lps is not None else None})
 
     @app.post("/v1/completions")
     async def completions(request: Request):
         ticket = await start(request, CompletionRequest, completion_job)
-        job, rid = ticket.job, f"cmpl-{uuid.uuid4().hex}"
-        if job.stream:
+        rid = f"cmpl-{uuid.uuid4().hex}"
+        if ticket.job.stream:
             return StreamingResponse(_completion_stream(ticket, rid), media_type="text/event-stream")
-        steps, lps, result = await collect(request, ticket)
-        text = TextStream(lm.decode, job.stop)
-        text.push(result.token_ids)
-        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": lm.name,
-                "choices": [{"index": 0, "text": text.text,
-                             "logprobs": completion_logprobs(lm, lps) if job.logprobs is not None else None,
-                             "finish_reason": finish_reason(result.stop_reason)}],
-                "usage": usage(result), "llmaccel": stats(ticket, result)}
+        return await answer(request, ticket, rid, "text_completion", lambda text, lps: {
+            "text": text, "logprobs": completion_logprobs(lm, lps) if lps is not None else None})
 
     def sse(obj) -> str:
         return f"data: {json.dumps(obj, separators=(',', ':'))}\n\n"
