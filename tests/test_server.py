@@ -342,3 +342,28 @@ def test_concurrent_clients_get_their_own_answers(chat_model, server):
     with ThreadPoolExecutor(8) as pool:
         got = dict(pool.map(ask, prompts))
     assert got == want
+
+
+def test_store_drafts_within_a_tenant_only(chat_model, tmp_path):
+    """Key A's stored answers are a draft source for A's later requests, never for B's; "store": false
+    keeps an answer out; answers never change."""
+    from llmaccel.server.store import Store
+
+    store = Store(tmp_path / "answers.sqlite3")
+    with LiveServer(chat_model, ServerConfig(api_keys=[KEY, "other-key-99999"], store=store)) as s:
+        a = openai.OpenAI(base_url=s.url + "/v1", api_key=KEY, max_retries=0)
+        b = openai.OpenAI(base_url=s.url + "/v1", api_key="other-key-99999", max_retries=0)
+        msg = [{"role": "user", "content": "t30 t31 t32 t33"}]
+        kw = dict(model=chat_model.name, messages=msg, max_tokens=24, temperature=0, extra_body={"method": "reference"})
+        first = a.chat.completions.create(**kw)
+        assert first.model_extra["llmaccel"]["store_hits"] == 0
+        other = b.chat.completions.create(**kw)
+        assert other.model_extra["llmaccel"]["store_hits"] == 0 and "store" not in other.model_extra["llmaccel"]["drafted"]
+        again = a.chat.completions.create(**kw)
+        extra = again.model_extra["llmaccel"]
+        assert extra["store_hits"] >= 1 and extra["accepted"].get("store", 0) >= 15
+        assert again.choices[0].message.content == first.choices[0].message.content == other.choices[0].message.content
+        private = [{"role": "user", "content": "t50 t51 t52"}]
+        a.chat.completions.create(**{**kw, "messages": private}, store=False)
+        assert a.chat.completions.create(**{**kw, "messages": private}).model_extra["llmaccel"]["store_hits"] == 0
+    assert Store(tmp_path / "answers.sqlite3").stats()["entries"] == 3  # A's (once: the same answer), B's, the private prompt's 2nd ask

@@ -24,7 +24,74 @@ def add_parsers(sub) -> None:
     s.add_argument("--max-tokens", type=int, default=4096, help="most tokens one answer may ask for (default 4096)")
     s.add_argument("--time-limit", type=float, default=600.0, metavar="S",
                    help="seconds one generation may run; then it ends with finish_reason length (default 600)")
+    s.add_argument("--store", metavar="PATH", help="the answer store (SQLite; default: store.sqlite3 in the cache folder)")
+    s.add_argument("--no-store", action="store_true", help="neither store answers nor draft from past ones")
+    s.add_argument("--store-top-k", type=int, default=3, metavar="K",
+                   help="past answers (of the most similar past prompts) drafted from per request (default 3)")
     s.set_defaults(func=cmd_serve)
+
+    st = sub.add_parser("store", help="inspect or manage the server's answer store",
+                        description="stats: what the store holds; export: every entry as JSON lines (stdout or "
+                                    "--out); import FILE: add exported entries; clear: delete every entry.")
+    st.add_argument("action", choices=["stats", "export", "import", "clear"])
+    st.add_argument("file", nargs="?", help="for import: a JSON-lines file (- for standard input)")
+    st.add_argument("--store", metavar="PATH", help="the store file (default: store.sqlite3 in the cache folder)")
+    st.add_argument("--out", metavar="FILE", help="for export: write here instead of standard output")
+    st.set_defaults(func=cmd_store)
+
+
+def store_path(args) -> str:
+    from llmaccel.paths import cache_dir
+
+    return args.store or str(cache_dir() / "store.sqlite3")
+
+
+def open_store(path: str):
+    from llmaccel.server.store import Store, StoreError
+
+    try:
+        return Store(path)
+    except StoreError as exc:
+        raise UserError(str(exc)) from None
+
+
+def cmd_store(args) -> int:
+    import json
+    import sys
+
+    from llmaccel.server.store import StoreError, read_jsonl
+
+    path = store_path(args)
+    if args.action != "import" and args.file:
+        raise UserError(f"store {args.action} takes no file argument")
+    if args.action in ("stats", "export", "clear") and args.store and not os.path.exists(path):
+        raise UserError(f"no answer store at {path!r}")
+    store = open_store(path)
+    try:
+        if args.action == "stats":
+            print(json.dumps(store.stats(), indent=2))
+        elif args.action == "export":
+            out = open(args.out, "w", encoding="utf-8") if args.out else sys.stdout
+            try:
+                for row in store.export():
+                    out.write(json.dumps(row, ensure_ascii=False) + "\n")
+            finally:
+                if args.out:
+                    out.close()
+        elif args.action == "import":
+            if not args.file:
+                raise UserError("store import needs a file of exported entries (JSON lines; - for standard input)")
+            text = sys.stdin.read() if args.file == "-" else read_text(args.file, "the import file")
+            try:
+                n = store.import_rows(read_jsonl(text.splitlines()))
+            except StoreError as exc:
+                raise UserError(f"{args.file}: {exc}; nothing was imported") from None
+            print(f"imported {n} entries into {path}")
+        else:
+            print(f"deleted {store.clear()} entries from {path}")
+    finally:
+        store.close()
+    return 0
 
 
 def api_keys(args) -> list[str]:
@@ -47,14 +114,18 @@ def cmd_serve(args) -> int:
 
     if not 0 < args.port < 65536:
         raise UserError(f"--port must be 1..65535, got {args.port}")
-    if args.max_queue < 1 or args.max_tokens < 1 or args.time_limit <= 0:
-        raise UserError("--max-queue and --max-tokens must be at least 1, --time-limit above 0")
+    if args.max_queue < 1 or args.max_tokens < 1 or args.time_limit <= 0 or args.store_top_k < 0:
+        raise UserError("--max-queue and --max-tokens must be at least 1, --time-limit above 0, --store-top-k >= 0")
+    if args.no_store and args.store:
+        raise UserError("--store and --no-store contradict each other")
     keys = api_keys(args)
+    store = None if args.no_store else open_store(store_path(args))
     lm = llmaccel.load(args.model, device=device(args))
-    config = ServerConfig(api_keys=keys, max_queue=args.max_queue,
+    config = ServerConfig(api_keys=keys, max_queue=args.max_queue, store=store, store_top_k=args.store_top_k,
                           limits=Limits(max_tokens=args.max_tokens, time_limit_s=args.time_limit))
     print(f"llmaccel: serving {lm.name} on http://{args.host}:{args.port}/v1"
-          f" ({'API key required' if keys else 'no API key'})", flush=True)
+          f" ({'API key required' if keys else 'no API key'};"
+          f" {'no answer store' if store is None else 'answer store ' + str(store.path)})", flush=True)
     uvicorn.run(create_app(lm, config), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5)
     return 0

@@ -14,6 +14,7 @@ import asyncio
 import hmac
 import json
 import logging
+import sqlite3
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -27,8 +28,9 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmaccel.server.metrics import Metrics
-from llmaccel.server.protocol import (PREDICTION, ApiError, ChatRequest, CompletionRequest, Limits, chat_job,
+from llmaccel.server.protocol import (PREDICTION, STORE, ApiError, ChatRequest, CompletionRequest, Limits, chat_job,
                                       completion_job, parse_body)
+from llmaccel.server.store import Store, scope_of_key
 from llmaccel.server.text import TextStream
 from llmaccel.server.worker import Ticket, Worker
 
@@ -43,19 +45,41 @@ class ServerConfig:
     limits: Limits = field(default_factory=Limits)
     max_queue: int = 16  # requests waiting beyond the running one; past it, 429
     shutdown_grace_s: float = 10.0  # a running generation's time to finish on shutdown
+    store: Store | None = None  # past answers to draft from (closed with the app); None: none
+    store_top_k: int = 3  # past answers drafted from per request
 
 
 class _Hooks:
-    """What the worker calls around each job: metrics now; the answer store plugs in here."""
+    """What the worker calls around each job, on its thread: the store's answers join the references
+    before; after, the answer is stored and the metrics take its figures."""
 
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
+    def __init__(self, lm, metrics: Metrics, store: Store | None, top_k: int) -> None:
+        self.lm, self.metrics, self.store, self.top_k = lm, metrics, store, top_k
 
     def before(self, ticket: Ticket) -> None:
-        pass
+        job = ticket.job
+        if self.store is None or job.method == "greedy" or not job.prompt_text.strip():
+            return
+        try:
+            entries = self.store.search(job.prompt_text, ticket.scope, self.top_k)
+        except sqlite3.Error as exc:  # the store helps speed only: a request goes on without it
+            log.warning("answer store search failed: %s", exc)
+            return
+        for entry in entries:
+            job.references.append(self.lm.tokenizer.encode(entry.answer, add_special_tokens=False))
+            job.reference_sources.append(STORE)
+            ticket.store_hits += 1
 
     def after(self, ticket: Ticket, result) -> None:
         self.metrics.record(ticket, result)
+        job = ticket.job
+        if self.store is not None and job.store and result.stop_reason not in (None, "cancelled", "time"):
+            text = TextStream(self.lm.decode, job.stop)
+            text.push(result.token_ids)
+            try:
+                self.store.add(job.prompt_text, text.text, ticket.scope, self.lm.name)
+            except sqlite3.Error as exc:
+                log.warning("answer store write failed: %s", exc)
 
 
 def finish_reason(stop_reason: str | None) -> str:
@@ -71,6 +95,7 @@ def stats(ticket: Ticket, result) -> dict:
         "tokens_per_step": round(n / result.steps, 3) if result.steps else 0.0,
         "drafted": result.drafted_by_source(),
         "accepted": result.accepted_by_source(),
+        "store_hits": ticket.store_hits,
         "queue_s": round((ticket.started or ticket.enqueued) - ticket.enqueued, 6),
         "time_to_first_token_s": round(ticket.first_token - ticket.enqueued, 6) if ticket.first_token else None,
         "prefill_s": round(result.prefill_s, 6),
@@ -136,7 +161,8 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
     """The app serving `lm` (a LoadedModel). The worker thread starts and stops with the app's lifespan."""
     config = config or ServerConfig()
     metrics = Metrics()
-    worker = Worker(lm, max_queue=config.max_queue, time_limit_s=config.limits.time_limit_s, hooks=_Hooks(metrics))
+    hooks = _Hooks(lm, metrics, config.store, config.store_top_k)
+    worker = Worker(lm, max_queue=config.max_queue, time_limit_s=config.limits.time_limit_s, hooks=hooks)
     metrics.queue.set_function(worker.queue_length)
     metrics.running.set_function(lambda: 0 if worker.running is None else 1)
     keys = [k.encode() for k in config.api_keys]
@@ -147,6 +173,8 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         worker.start()
         yield
         await run_in_threadpool(worker.stop, config.shutdown_grace_s)
+        if config.store is not None:
+            config.store.close()
 
     app = FastAPI(title="llmaccel", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.worker, app.state.metrics, app.state.lm = worker, metrics, lm
@@ -181,7 +209,8 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         return response
 
     def scope_of(request: Request) -> str:
-        """The tenant of a request: its API key when keys are configured (401 without a valid one)."""
+        """The tenant of a request (the hash of its API key; "" when no keys are configured), or a 401
+        without a valid key."""
         if not keys:
             return ""
         auth = request.headers.get("authorization", "")
@@ -192,7 +221,7 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         if not ok:
             raise ApiError(401, "a valid API key is needed: send it as 'Authorization: Bearer KEY'",
                            code="invalid_api_key")
-        return given.decode()
+        return scope_of_key(given.decode())
 
     @app.get("/health")
     async def health():
