@@ -209,3 +209,29 @@ def test_draft_sources_are_counted_per_reference(tiny):
     events = list(llmaccel.stream(lm, prompt, max_new_tokens=30, method="reference", references=[[9, *target]]))
     sources = [s for e in events for s in e.sources]
     assert len(sources) == 30 and sources.count("references") == r.accepted_by_source()["answer"]
+
+
+def test_prompt_cache_gives_the_tokens_of_a_cold_prefill(tiny):
+    """A follow-up prompt (the earlier prompt + its answer + more) takes the cached entries and
+    prefills only the rest; a shorter prompt takes all but its last token; tokens equal a cold
+    prefill's, greedy and sampled, for every method."""
+    import llmaccel
+
+    _, lm = tiny
+    rng = random.Random(11)
+    pc = llmaccel.PromptCache()
+    first = [rng.randrange(lm.vocab_size) for _ in range(40)]
+    a = llmaccel.generate(lm, first, max_new_tokens=20, prompt_cache=pc)
+    assert a.cached_prompt_tokens == 0 and len(pc) == 1
+    follow = [*first, *a.token_ids, *(rng.randrange(lm.vocab_size) for _ in range(7))]
+    shorter = first[:30]
+    for prompt, reused in ((follow, len(first) + 19), (shorter, 29)):
+        for method, sampling in (("greedy", None), ("auto", None), ("reference", llmaccel.Sampling(temperature=0.8, seed=3))):
+            cold = llmaccel.generate(lm, prompt, max_new_tokens=16, method=method, sampling=sampling)
+            warm = llmaccel.generate(lm, prompt, max_new_tokens=16, method=method, sampling=sampling, prompt_cache=pc)
+            assert warm.token_ids == cold.token_ids, (method, len(prompt))
+            assert warm.cached_prompt_tokens >= reused
+    assert pc.hits >= 6 and pc.nbytes <= pc.max_bytes
+    small = llmaccel.PromptCache(max_bytes=1)  # nothing fits: every lookup misses, output unchanged
+    assert llmaccel.generate(lm, follow, max_new_tokens=8, prompt_cache=small).token_ids == \
+        llmaccel.generate(lm, follow, max_new_tokens=8).token_ids and len(small) == 0

@@ -367,3 +367,22 @@ def test_store_drafts_within_a_tenant_only(chat_model, tmp_path):
         a.chat.completions.create(**{**kw, "messages": private}, store=False)
         assert a.chat.completions.create(**{**kw, "messages": private}).model_extra["llmaccel"]["store_hits"] == 0
     assert Store(tmp_path / "answers.sqlite3").stats()["entries"] == 3  # A's (once: the same answer), B's, the private prompt's 2nd ask
+
+
+def test_prompt_cache_serves_the_follow_up_turn(chat_model):
+    """The second turn of a conversation prefills only what is new; its answer is a cold prefill's."""
+    with LiveServer(chat_model, ServerConfig(prompt_cache=llmaccel.PromptCache())) as s:
+        c = openai.OpenAI(base_url=s.url + "/v1", api_key="unused", max_retries=0)
+        convo = [{"role": "system", "content": words(range(20, 50))}, {"role": "user", "content": "t10 t11 t12"}]
+        first = c.chat.completions.create(model=chat_model.name, messages=convo, max_tokens=20, temperature=0)
+        assert first.usage.prompt_tokens_details.cached_tokens == 0
+        convo += [{"role": "assistant", "content": first.choices[0].message.content},
+                  {"role": "user", "content": "t13 t14"}]
+        second = c.chat.completions.create(model=chat_model.name, messages=convo, max_tokens=20, temperature=0)
+        cached = second.usage.prompt_tokens_details.cached_tokens
+        assert cached >= first.usage.prompt_tokens + 15
+        assert second.model_extra["llmaccel"]["cached_prompt_tokens"] == cached
+        assert second.choices[0].message.content == expected(chat_model, convo, max_new_tokens=20).text.strip()
+        metrics = httpx.get(s.url + "/metrics").text
+        assert f"llmaccel_prompt_cache_tokens_total {float(cached)}" in metrics
+        assert "llmaccel_prompt_cache_hits 1.0" in metrics

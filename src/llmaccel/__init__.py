@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from llmaccel.drafting.reference import ReferenceOptions
     from llmaccel.engine import Decoder, GenerationResult, StepEvent
     from llmaccel.models import LoadedModel
+    from llmaccel.prompt_cache import PromptCache
     from llmaccel.sampling import Sampling
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "LoadedModel",
     "LookaheadOptions",
     "ModelLoadError",
+    "PromptCache",
     "ReferenceOptions",
     "Sampling",
     "StepEvent",
@@ -59,7 +61,7 @@ _LAZY = {
     "ModelLoadError": "llmaccel.models", "load": "llmaccel.models", "wrap": "llmaccel.models",
     "Decoder": "llmaccel.engine", "GenerationResult": "llmaccel.engine", "StepEvent": "llmaccel.engine",
     "LookaheadOptions": "llmaccel.drafting.lookahead", "ReferenceOptions": "llmaccel.drafting.reference",
-    "count_steps": "llmaccel.drafting.reference",
+    "count_steps": "llmaccel.drafting.reference", "PromptCache": "llmaccel.prompt_cache",
     "Sampling": "llmaccel.sampling", "TokenLogprob": "llmaccel.sampling",
 }
 
@@ -127,6 +129,7 @@ def generate(
     sampling: Sampling | None = None,
     logprobs: int | None = None,
     reference_sources: Sequence[str] | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> GenerationResult:
     """Decoding of `prompt` (text or token ids), accelerated by `method` (greedy, reference, lookahead,
     auto); the output equals plain decoding's: greedy by default, or sampled as `sampling` says, the
@@ -140,12 +143,14 @@ def generate(
     returns each token's log-probability under the model and its N most likely alternatives
     (`result.logprobs`). reference_sources: a label per reference; the result counts drafted and
     accepted tokens per label (`result.drafted_by_source()`, `accepted_by_source()`; "prompt" and
-    "lookahead" are the engine's own sources).
+    "lookahead" are the engine's own sources). prompt_cache: a `PromptCache` that serves the prompt's
+    longest known prefix instead of prefilling it and keeps this sequence's entries
+    (`result.cached_prompt_tokens` says how many prompt tokens it served).
     """
     return _decoder(
         lm, prompt, references=references, chat=chat, stop=stop, max_new_tokens=max_new_tokens, method=method,
         options=options, lookahead=lookahead, sparse_prefill=sparse_prefill, step_cost=step_cost,
-        sampling=sampling, logprobs=logprobs, reference_sources=reference_sources,
+        sampling=sampling, logprobs=logprobs, reference_sources=reference_sources, prompt_cache=prompt_cache,
     ).run()
 
 

@@ -33,7 +33,9 @@ from llmaccel.drafting.lookahead import MAX_WINDOW_TOKENS, JacobiWindow, Lookahe
 from llmaccel.drafting.reference import DEFAULT_STEP_COST, ReferenceDrafter, ReferenceOptions, expected_tokens
 from llmaccel.drafting.tree import DraftTree, flatten
 from llmaccel.errors import GenerationError, InputTypeError, check_int
+from llmaccel.kv import KVCache, restore, snapshot
 from llmaccel.methods import DEFAULT_METHOD, METHODS
+from llmaccel.prompt_cache import PromptCache
 from llmaccel.sampling import MAX_TOP_LOGPROBS, Sampler, Sampling, TokenLogprob, token_logprobs
 from llmaccel.verify import accept, greedy_targets
 
@@ -86,6 +88,7 @@ class GenerationResult:
     prefill_density: float = 1.0  # share of causal query-key pairs prefill scored (< 1: sparse prefill, approximate)
     seed: int | None = None  # the sampling seed used (None: greedy)
     logprobs: list[TokenLogprob] | None = None  # per token of token_ids, when asked for
+    cached_prompt_tokens: int = 0  # prompt tokens not prefilled: their entries came from the prompt cache
 
     @property
     def drafted(self) -> int:
@@ -255,12 +258,15 @@ class Decoder:
         sampling: Sampling | None = None,
         logprobs: int | None = None,
         reference_sources: Sequence[str] | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         """`sparse_prefill`: prefill long prompts with sparse attention (approximate; the model's pattern
         config decides from which length); decoding and verification stay exact. `sampling`: how tokens
         are chosen (None: greedy). `logprobs`: return each token's log-probability and the N most likely
         alternatives (0..20; None: none). `reference_sources`: a label per reference, which the step
-        statistics count its drafted and accepted tokens under (None: all "references")."""
+        statistics count its drafted and accepted tokens under (None: all "references"). `prompt_cache`:
+        take the prompt's longest cached prefix from it instead of prefilling it, and leave this
+        sequence's entries there (prompt_cache.py; models on CUDA graphs prefill in full)."""
         if method not in METHODS:
             raise GenerationError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         check_int("max_new_tokens", max_new_tokens, 1)
@@ -316,6 +322,10 @@ class Decoder:
         self.decode_s = 0.0
         self.sparse_prefill = sparse_prefill
         self.prefill_density = 1.0
+        if prompt_cache is not None and not isinstance(prompt_cache, PromptCache):
+            raise InputTypeError(f"prompt_cache must be a PromptCache, got {type(prompt_cache).__name__}")
+        self.prompt_cache = prompt_cache
+        self.cached_prompt_tokens = 0  # prompt tokens whose entries came from the prompt cache
 
     def _start_drafting(self) -> None:
         if self.method == "greedy":
@@ -382,14 +392,15 @@ class Decoder:
         cache = lm.new_cache()
         t0 = time.perf_counter()
         self._start_drafting()  # indexing the references and the prompt counts as prefill time
-        sparse = lm.sparse_prefill(len(self.prompt)) if self.sparse_prefill else None
-        prompt = torch.tensor([self.prompt], device=device)
+        start = self._take_cached_prefix(cache)
+        sparse = lm.sparse_prefill(len(self.prompt)) if self.sparse_prefill and start == 0 else None
+        prompt = torch.tensor([self.prompt[start:]], device=device)
         pos = len(self.prompt)  # entries in the cache; the last committed token is not among them yet
         if self.full_logits:
-            logits = lm.forward(prompt, 0, cache, keep=1, prefill=sparse)[0]  # (1, V)
+            logits = lm.forward(prompt, start, cache, keep=1, prefill=sparse)[0]  # (1, V)
             first = self._choose(logits, [pos], [()])[0]
         else:
-            first = lm.greedy(prompt, 0, cache, keep=1, prefill=sparse)[0]
+            first = lm.greedy(prompt, start, cache, keep=1, prefill=sparse)[0]
         if sparse is not None:
             self.prefill_density = sparse.density
         self.prefill_s = time.perf_counter() - t0
@@ -443,6 +454,29 @@ class Decoder:
                 yield StepEvent(taken, stat, lps, [*accepted_from, None][: len(taken)])
         finally:  # also when the caller closes the stream early
             self.decode_s = time.perf_counter() - t_decode
+            self._leave_in_prompt_cache(cache, pos)
+
+    def _take_cached_prefix(self, cache) -> int:
+        """Fill `cache` with the prompt's longest prefix the prompt cache holds; returns its length."""
+        if self.prompt_cache is None or not isinstance(cache, KVCache):
+            return 0
+        hit = self.prompt_cache.lookup(self.prompt)
+        if hit is None:
+            return 0
+        n, snap = hit
+        restore(cache, snap, n)
+        self.cached_prompt_tokens = n
+        return n
+
+    def _leave_in_prompt_cache(self, cache, pos: int) -> None:
+        """Keep this sequence's entries: the prompt and the output but its last token (not yet fed);
+        `pos` entries were written, of which a stop rule may have cut the last few from the output."""
+        if self.prompt_cache is None or not isinstance(cache, KVCache):
+            return
+        n = min(pos, len(self.prompt) + len(self.out) - 1)
+        snap = snapshot(cache, n)
+        if snap is not None:
+            self.prompt_cache.add([*self.prompt, *self.out][:n], snap)
 
     def _choose(self, logits: torch.Tensor, positions: list[int], paths) -> list[int]:
         """The token each row of logits (R, V) chooses: sampled (or argmax of processed logits) at
@@ -492,4 +526,5 @@ class Decoder:
             prefill_density=self.prefill_density,
             seed=None if self.sampler is None or self.sampling.greedy else self.sampler.seed,
             logprobs=self.token_logprobs if self.logprobs is not None else None,
+            cached_prompt_tokens=self.cached_prompt_tokens,
         )

@@ -237,3 +237,34 @@ class StaticCacheHandle:
 
     def keep_path(self, start: int, offsets: list[int]) -> None:
         self.claim().keep_path(start, offsets)
+
+
+class KVSnapshot:
+    """A copy of the first `length` entries of every layer of a `KVCache`: keys[i], values[i]
+    (B, H_kv, length, D) for layer i. What the prompt cache keeps (prompt_cache.py)."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], length: int) -> None:
+        self.keys, self.values, self.length = keys, values, length
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
+
+
+@torch.inference_mode()
+def snapshot(cache: KVCache, length: int) -> KVSnapshot | None:
+    """The first `length` entries of `cache`, copied (None if a layer holds fewer or is not a KVCache's)."""
+    layers = getattr(cache, "layers", None)
+    if not isinstance(cache, KVCache) or not layers or any(l.get_seq_length() < length or l._kbuf is None for l in layers):
+        return None
+    return KVSnapshot([l._kbuf[:, :, :length].clone() for l in layers], [l._vbuf[:, :, :length].clone() for l in layers],
+                      length)
+
+
+@torch.inference_mode()
+def restore(cache: KVCache, snap: KVSnapshot, length: int) -> None:
+    """Fill an empty `cache` with the first `length` (<= snap.length) entries of `snap`."""
+    if cache.get_seq_length() != 0:
+        raise ValueError("restore() fills an empty cache")
+    for i, (k, v) in enumerate(zip(snap.keys, snap.values)):
+        cache.update(k[:, :, :length], v[:, :, :length], i)

@@ -28,6 +28,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--no-store", action="store_true", help="neither store answers nor draft from past ones")
     s.add_argument("--store-top-k", type=int, default=3, metavar="K",
                    help="past answers (of the most similar past prompts) drafted from per request (default 3)")
+    s.add_argument("--prompt-cache-mb", type=int, default=1024, metavar="MB",
+                   help="memory for recent sequences' KV entries, so a prompt that begins like one of them "
+                        "prefills only the rest (default 1024; 0: off)")
     s.set_defaults(func=cmd_serve)
 
     st = sub.add_parser("store", help="inspect or manage the server's answer store",
@@ -121,7 +124,11 @@ def cmd_serve(args) -> int:
     keys = api_keys(args)
     store = None if args.no_store else open_store(store_path(args))
     lm = llmaccel.load(args.model, device=device(args))
+    if args.prompt_cache_mb < 0:
+        raise UserError(f"--prompt-cache-mb must be 0 (off) or more, got {args.prompt_cache_mb}")
+    prompt_cache = llmaccel.PromptCache(args.prompt_cache_mb << 20) if args.prompt_cache_mb else None
     config = ServerConfig(api_keys=keys, max_queue=args.max_queue, store=store, store_top_k=args.store_top_k,
+                          prompt_cache=prompt_cache,
                           limits=Limits(max_tokens=args.max_tokens, time_limit_s=args.time_limit))
     print(f"llmaccel: serving {lm.name} on http://{args.host}:{args.port}/v1"
           f" ({'API key required' if keys else 'no API key'};"

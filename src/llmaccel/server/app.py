@@ -27,6 +27,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from llmaccel.prompt_cache import PromptCache
 from llmaccel.server.metrics import Metrics
 from llmaccel.server.protocol import (PREDICTION, STORE, ApiError, ChatRequest, CompletionRequest, Limits, chat_job,
                                       completion_job, parse_body)
@@ -47,6 +48,7 @@ class ServerConfig:
     shutdown_grace_s: float = 10.0  # a running generation's time to finish on shutdown
     store: Store | None = None  # past answers to draft from (closed with the app); None: none
     store_top_k: int = 3  # past answers drafted from per request
+    prompt_cache: PromptCache | None = None  # recent sequences' KV entries; None: every prompt prefilled in full
 
 
 class _Hooks:
@@ -55,6 +57,7 @@ class _Hooks:
 
     def __init__(self, lm, metrics: Metrics, store: Store | None, top_k: int) -> None:
         self.lm, self.metrics, self.store, self.top_k = lm, metrics, store, top_k
+        self.prefill_s_per_token: float | None = None  # of cold prefills, for the prompt cache's saving
 
     def before(self, ticket: Ticket) -> None:
         job = ticket.job
@@ -71,7 +74,12 @@ class _Hooks:
             ticket.store_hits += 1
 
     def after(self, ticket: Ticket, result) -> None:
-        self.metrics.record(ticket, result)
+        if result.cached_prompt_tokens == 0 and result.prompt_tokens > 0:
+            per = result.prefill_s / result.prompt_tokens
+            old = self.prefill_s_per_token
+            self.prefill_s_per_token = per if old is None else 0.8 * old + 0.2 * per
+        ticket.prefill_saved_s = result.cached_prompt_tokens * (self.prefill_s_per_token or 0.0)
+        self.metrics.record(ticket, result, ticket.prefill_saved_s)
         job = ticket.job
         if self.store is not None and job.store and result.stop_reason not in (None, "cancelled", "time"):
             text = TextStream(self.lm.decode, job.stop)
@@ -99,6 +107,8 @@ def stats(ticket: Ticket, result) -> dict:
         "queue_s": round((ticket.started or ticket.enqueued) - ticket.enqueued, 6),
         "time_to_first_token_s": round(ticket.first_token - ticket.enqueued, 6) if ticket.first_token else None,
         "prefill_s": round(result.prefill_s, 6),
+        "cached_prompt_tokens": result.cached_prompt_tokens,
+        "prefill_saved_s": round(ticket.prefill_saved_s, 6),
         "decode_s": round(result.decode_s, 6),
         "stop_reason": result.stop_reason,
         "seed": result.seed,
@@ -110,6 +120,7 @@ def usage(result) -> dict:
     accepted = result.accepted_by_source().get(PREDICTION, 0)
     n = len(result.token_ids)
     return {"prompt_tokens": result.prompt_tokens, "completion_tokens": n, "total_tokens": result.prompt_tokens + n,
+            "prompt_tokens_details": {"cached_tokens": result.cached_prompt_tokens},
             "completion_tokens_details": {"accepted_prediction_tokens": accepted,
                                           "rejected_prediction_tokens": drafted - accepted}}
 
@@ -162,7 +173,10 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
     config = config or ServerConfig()
     metrics = Metrics()
     hooks = _Hooks(lm, metrics, config.store, config.store_top_k)
-    worker = Worker(lm, max_queue=config.max_queue, time_limit_s=config.limits.time_limit_s, hooks=hooks)
+    worker = Worker(lm, max_queue=config.max_queue, time_limit_s=config.limits.time_limit_s, hooks=hooks,
+                    prompt_cache=config.prompt_cache)
+    if config.prompt_cache is not None:
+        metrics.watch_prompt_cache(config.prompt_cache)
     metrics.queue.set_function(worker.queue_length)
     metrics.running.set_function(lambda: 0 if worker.running is None else 1)
     keys = [k.encode() for k in config.api_keys]

@@ -25,11 +25,26 @@ class Metrics:
                               buckets=_LATENCY, registry=r)
         self.tpot = Histogram("llmaccel_time_per_output_token_seconds", "decode time per output token after the first",
                               buckets=_PER_TOKEN, registry=r)
+        self.cached_tokens = Counter("llmaccel_prompt_cache_tokens", "prompt tokens served by the prompt cache",
+                                     registry=r)
+        self.prefill_saved = Counter("llmaccel_prompt_cache_saved_seconds",
+                                     "prefill time the prompt cache saved (estimated from cold prefills' time per token)",
+                                     registry=r)
+        self.cache_hits = Gauge("llmaccel_prompt_cache_hits", "prompts that found a cached prefix", registry=r)
+        self.cache_misses = Gauge("llmaccel_prompt_cache_misses", "prompts that found none", registry=r)
+        self.cache_bytes = Gauge("llmaccel_prompt_cache_bytes", "memory the prompt cache holds", registry=r)
         self.e2e = Histogram("llmaccel_request_seconds", "from arrival to the last token", buckets=_LATENCY, registry=r)
 
-    def record(self, ticket, result) -> None:
+    def watch_prompt_cache(self, cache) -> None:
+        self.cache_hits.set_function(lambda: cache.hits)
+        self.cache_misses.set_function(lambda: cache.misses)
+        self.cache_bytes.set_function(lambda: cache.nbytes)
+
+    def record(self, ticket, result, saved_s: float = 0.0) -> None:
         """A finished generation's figures."""
         self.prompt_tokens.inc(result.prompt_tokens)
+        self.cached_tokens.inc(result.cached_prompt_tokens)
+        self.prefill_saved.inc(saved_s)
         self.completion_tokens.inc(len(result.token_ids))
         self.steps.inc(result.steps)
         for source, n in result.drafted_by_source().items():

@@ -39,6 +39,7 @@ class Ticket:
     started: float | None = None  # when the worker took it
     first_token: float | None = None
     store_hits: int = 0  # stored answers drafted from
+    prefill_saved_s: float = 0.0  # prefill time the prompt cache saved (estimated)
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -57,8 +58,9 @@ class Worker:
     """Runs jobs on one thread. `hooks` see each job: `before(ticket)` may add references (the store),
     `after(ticket, result)` records it (metrics, the store)."""
 
-    def __init__(self, lm, max_queue: int = 16, time_limit_s: float = 600.0, hooks=None) -> None:
+    def __init__(self, lm, max_queue: int = 16, time_limit_s: float = 600.0, hooks=None, prompt_cache=None) -> None:
         self.lm = lm
+        self.prompt_cache = prompt_cache
         if max_queue < 1:
             raise ValueError("max_queue must be at least 1")
         self.queue: queue.Queue[Ticket | None] = queue.Queue(maxsize=max_queue)
@@ -142,7 +144,8 @@ class Worker:
         try:
             decoder = Decoder(self.lm, job.prompt_ids, method=job.method, references=job.references,
                               reference_sources=job.reference_sources, max_new_tokens=job.max_tokens,
-                              stop_strings=job.stop, sampling=job.sampling, logprobs=job.logprobs)
+                              stop_strings=job.stop, sampling=job.sampling, logprobs=job.logprobs,
+                              prompt_cache=self.prompt_cache)
         except GenerationError as exc:
             ticket.put("error", ApiError(400, str(exc)))
             return
