@@ -386,3 +386,23 @@ def test_prompt_cache_serves_the_follow_up_turn(chat_model):
         metrics = httpx.get(s.url + "/metrics").text
         assert f"llmaccel_prompt_cache_tokens_total {float(cached)}" in metrics
         assert "llmaccel_prompt_cache_hits 1.0" in metrics
+
+
+def test_bench_serve_scenarios(chat_model, tmp_path, monkeypatch):
+    """bench-serve's scenarios run end to end on a tiny model: every request answered, auto's answers
+    equal greedy's, the prompt cache serves the second turn, the summary holds each scenario's figures."""
+    from llmaccel.bench import serve as bench
+
+    rows = [{"query": f"t{40 + i} t41 t42", "docs": [words(range(10 + i, 40))], "result": {"text": ""}} for i in range(2)]
+    (tmp_path / "rag.dev.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(bench, "LLMA_DIR", tmp_path)
+    summary, calls = bench.run(chat_model, ["rag", "predict", "cache", "multiturn", "overhead"], 2, 12)
+    assert set(summary) == {"rag", "predict", "cache", "multiturn", "multiturn-cold", "overhead"}
+    for scenario in ("rag", "predict", "cache", "multiturn"):
+        assert summary[scenario]["auto"]["match_rate_vs_greedy"] == 1.0 and summary[scenario]["greedy"]["requests"] == 2
+    assert summary["overhead"]["http"]["match_rate_vs_greedy"] == 1.0 and "overhead_vs_direct" in summary["overhead"]["http"]
+    warm = [c for c in calls if c.scenario == "multiturn"]
+    assert all(c.stats["cached_prompt_tokens"] > 0 for c in warm)
+    assert all(c.stats["cached_prompt_tokens"] == 0 for c in calls if c.scenario == "multiturn-cold")
+    assert all(c.stats["store_hits"] >= 1 for c in calls if c.scenario == "cache" and c.label == "auto")
+    assert "| rag | auto |" in bench.report(summary)

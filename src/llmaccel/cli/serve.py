@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+from pathlib import Path
 
 from llmaccel.cli.options import UserError, add_device, add_model, device, read_text
 
@@ -32,6 +34,21 @@ def add_parsers(sub) -> None:
                    help="memory for recent sequences' KV entries, so a prompt that begins like one of them "
                         "prefills only the rest (default 1024; 0: off)")
     s.set_defaults(func=cmd_serve)
+
+    b = sub.add_parser("bench-serve", help="the server's scenarios (RAG, Predicted Outputs, past answers, multi-turn) "
+                                           "through HTTP: auto vs greedy, answers compared",
+                       description="Starts a server on a loopback port (or uses --url) and runs each scenario's "
+                                   "requests twice, interleaved: method greedy and method auto with the "
+                                   "scenario's drafts. Needs the openai package (the dev extra).")
+    add_model(b)
+    b.add_argument("--scenario", action="append", choices=["rag", "predict", "cache", "multiturn", "overhead", "all"],
+                   help="repeatable; default all")
+    b.add_argument("--limit", type=int, default=20, help="rows per scenario (default 20)")
+    b.add_argument("--max-new-tokens", type=int, default=128)
+    b.add_argument("--url", help="a running llmaccel server instead of a new one (the overhead scenario needs none)")
+    b.add_argument("--api-key", default="", help="for --url")
+    b.add_argument("--json", metavar="OUT", help="write the summary and every request's figures here")
+    b.set_defaults(func=cmd_bench_serve)
 
     st = sub.add_parser("store", help="inspect or manage the server's answer store",
                         description="stats: what the store holds; export: every entry as JSON lines (stdout or "
@@ -135,4 +152,29 @@ def cmd_serve(args) -> int:
           f" {'no answer store' if store is None else 'answer store ' + str(store.path)})", flush=True)
     uvicorn.run(create_app(lm, config), host=args.host, port=args.port, log_level="warning",
                 timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5)
+    return 0
+
+
+def cmd_bench_serve(args) -> int:
+    import json
+
+    import llmaccel
+    from llmaccel.bench import serve as bench
+
+    if importlib.util.find_spec("openai") is None:
+        raise UserError("bench-serve needs the openai package: pip install openai (or make setup, the dev extra)")
+    if args.limit < 1 or args.max_new_tokens < 1:
+        raise UserError("--limit and --max-new-tokens must be at least 1")
+    chosen = args.scenario or ["all"]
+    scenarios = list(bench.SCENARIOS) if "all" in chosen else list(dict.fromkeys(chosen))
+    if args.url and "overhead" in scenarios:
+        raise UserError("the overhead scenario compares against the model in this process: drop --url or the scenario")
+    lm = llmaccel.load(args.model)
+    summary, calls = bench.run(lm, scenarios, args.limit, args.max_new_tokens, url=args.url, api_key=args.api_key)
+    print(bench.report(summary))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"model": lm.name, "limit": args.limit,
+                                               "max_new_tokens": args.max_new_tokens, "summary": summary,
+                                               "calls": bench.calls_json(calls)}, indent=1))
     return 0

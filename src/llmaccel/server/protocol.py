@@ -98,6 +98,7 @@ class _Common(_Model):
     repetition_penalty: Number | None = Field(default=None, gt=0)
     references: list[StrictStr] | None = None
     method: StrictStr | None = None
+    cache_prompt: StrictBool = True  # llama.cpp's name: false prefills the whole prompt (the prompt cache unused)
 
 
 class ChatRequest(_Common):
@@ -192,6 +193,7 @@ class Job:
     include_usage: bool = False
     store: bool = True
     chat: bool = True
+    cache_prompt: bool = True
     prompt_text: str = ""  # what the store keys the answer by (the last user message, or the prompt)
 
 
@@ -316,7 +318,7 @@ def chat_job(req: ChatRequest, lm, limits: Limits) -> Job:
                max_tokens=_max_tokens(req, limits), stop=common["stop"], sampling=sampling_of(req, lm.vocab_size),
                logprobs=(req.top_logprobs or 0) if req.logprobs else None, stream=req.stream,
                include_usage=bool(req.stream_options and req.stream_options.include_usage),
-               store=req.store is not False, chat=True, prompt_text=last_user)
+               store=req.store is not False, chat=True, cache_prompt=req.cache_prompt, prompt_text=last_user)
 
 
 def completion_job(req: CompletionRequest, lm, limits: Limits) -> Job:
@@ -352,4 +354,4 @@ def completion_job(req: CompletionRequest, lm, limits: Limits) -> Job:
                max_tokens=_max_tokens(req, limits), stop=common["stop"], sampling=sampling_of(req, lm.vocab_size),
                logprobs=req.logprobs, stream=req.stream,
                include_usage=bool(req.stream_options and req.stream_options.include_usage),
-               store=req.store is not False, chat=False, prompt_text=text)
+               store=req.store is not False, chat=False, cache_prompt=req.cache_prompt, prompt_text=text)

@@ -145,7 +145,7 @@ class Worker:
             decoder = Decoder(self.lm, job.prompt_ids, method=job.method, references=job.references,
                               reference_sources=job.reference_sources, max_new_tokens=job.max_tokens,
                               stop_strings=job.stop, sampling=job.sampling, logprobs=job.logprobs,
-                              prompt_cache=self.prompt_cache)
+                              prompt_cache=self.prompt_cache if job.cache_prompt else None)
         except GenerationError as exc:
             ticket.put("error", ApiError(400, str(exc)))
             return
