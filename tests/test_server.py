@@ -406,3 +406,29 @@ def test_bench_serve_scenarios(chat_model, tmp_path, monkeypatch):
     assert all(c.stats["cached_prompt_tokens"] == 0 for c in calls if c.scenario == "multiturn-cold")
     assert all(c.stats["store_hits"] >= 1 for c in calls if c.scenario == "cache" and c.label == "auto")
     assert "| rag | auto |" in bench.report(summary)
+
+
+def test_playground_streams_and_colours_tokens_in_a_browser(chat_model, server, tmp_path):
+    """The page at / in headless Chromium (Debian's package; skipped where absent), driven over the
+    DevTools protocol: it sends the question from its URL, streams the answer, and marks the tokens
+    accepted from the reference; the answer is generate's."""
+    import urllib.parse
+
+    from browser import Browser, chromium
+
+    page = httpx.get(server.url + "/")
+    assert page.status_code == 200 and "llmaccel playground" in page.text
+    assert "http://" not in page.text and "https://" not in page.text  # nothing from elsewhere: works offline
+    if chromium() is None:
+        pytest.skip("no Chromium on this machine (apt install chromium)")
+    pytest.importorskip("websockets")
+    want = expected(chat_model, [{"role": "user", "content": "t5 t6"}], max_new_tokens=12, method="greedy").text
+    url = server.url + "/?" + urllib.parse.urlencode({"q": "t5 t6", "ref": want, "max": 12})
+    with Browser() as b:
+        b.open(url)
+        spans = b.evaluate("[...document.querySelectorAll('.assistant .body span')].map(s => [s.textContent, s.className])")
+        stats = b.evaluate("document.getElementById('stats').textContent")
+        b.screenshot(tmp_path / "page.png")
+    assert "".join(t for t, _ in spans) == want
+    assert any(c == "src-references" for _, c in spans) and any(c == "" for _, c in spans)
+    assert "tokens 12" in stats and (tmp_path / "page.png").stat().st_size > 10_000

@@ -3,6 +3,7 @@
     /v1/chat/completions, /v1/completions   generate (streamed as server-sent events with "stream": true)
     /v1/models                              the one model served
     /health, /metrics                       liveness; Prometheus text (no key needed, as vLLM's)
+    /                                       the playground page (playground.html; it asks for the key)
 
 Every answer other than 200 has OpenAI's error shape ({"error": {"message", "type", "param", "code"}}),
 and no client input reaches a 500: bad input is an ApiError raised before the job is queued.
@@ -20,11 +21,12 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmaccel.prompt_cache import PromptCache
@@ -88,6 +90,23 @@ class _Hooks:
                 self.store.add(job.prompt_text, text.text, ticket.scope, self.lm.name)
             except sqlite3.Error as exc:
                 log.warning("answer store write failed: %s", exc)
+
+
+def source_pieces(text: TextStream, tokens: list[int], sources: list[str | None]) -> list[tuple[str, str | None]]:
+    """A step's new text, split where the source of its tokens changes: [(text, source)], source None
+    for the model's own token (the bonus), else the draft source the tokens were accepted from."""
+    pieces: list[tuple[str, str | None]] = []
+    run: list[int] = []
+    for i, t in enumerate(tokens):
+        run.append(t)
+        src = sources[i] if i < len(sources) else None
+        nxt = sources[i + 1] if i + 1 < len(tokens) and i + 1 < len(sources) else object()
+        if nxt != src:
+            delta = text.push(run)
+            if delta:
+                pieces.append((delta, src))
+            run = []
+    return pieces
 
 
 def finish_reason(stop_reason: str | None) -> str:
@@ -237,6 +256,13 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
                            code="invalid_api_key")
         return scope_of_key(given.decode())
 
+    playground = (Path(__file__).parent / "playground.html").read_text(encoding="utf-8")
+
+    @app.get("/")
+    async def page():
+        """The playground: a chat with references and a prediction, each token coloured by its source."""
+        return HTMLResponse(playground)
+
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": lm.name, "queue": worker.queue_length(), "running": worker.running is not None}
@@ -345,18 +371,20 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         job, now = ticket.job, int(time.time())
         head = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": lm.name}
 
-        def chunk(delta: dict, finish=None, logprobs=None) -> str:
-            return sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
+        def chunk(delta: dict, finish=None, logprobs=None, **extra) -> str:
+            return sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+                        **extra})
 
         text = TextStream(lm.decode, job.stop)
         yield chunk({"role": "assistant", "content": ""})
         try:
             async for kind, value in _events(ticket):
                 if kind == "step":
-                    delta = text.push(value.new_tokens)
+                    pieces = source_pieces(text, value.new_tokens, value.sources)
+                    delta = "".join(p for p, _ in pieces)
                     lp = chat_logprobs(lm, value.logprobs) if job.logprobs is not None else None
-                    if delta or lp:
-                        yield chunk({"content": delta} if delta else {}, logprobs=lp)
+                    if delta or lp:  # llmaccel.pieces: the delta by source (None: the model's own token)
+                        yield chunk({"content": delta} if delta else {}, logprobs=lp, llmaccel={"pieces": pieces})
                 else:
                     rest = text.finish()
                     if rest:
