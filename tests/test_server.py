@@ -128,11 +128,14 @@ def test_stream_equals_non_stream(chat_model, client):
 def test_seeded_sampling_equals_generate_and_repeats(chat_model, client):
     sp = llmaccel.Sampling(temperature=0.9, top_p=0.95, seed=7)
     want = expected(chat_model, CONVERSATION, max_new_tokens=20, sampling=sp, method="greedy")
-    for method in ("greedy", "auto"):
+    drafts = {"references": [want.text, words(range(60, 90))]}
+    for method, extra in (("greedy", {}), ("auto", {}), ("reference", drafts), ("auto", drafts)):
         got = client.chat.completions.create(model=chat_model.name, messages=CONVERSATION, max_tokens=20,
-                                             temperature=0.9, top_p=0.95, seed=7, extra_body={"method": method})
+                                             temperature=0.9, top_p=0.95, seed=7, extra_body={"method": method, **extra},
+                                             prediction={"type": "content", "content": want.text} if extra else None)
         assert got.choices[0].message.content == want.text.strip()
         assert got.model_extra["llmaccel"]["seed"] == 7
+    assert sum(got.model_extra["llmaccel"]["accepted"].values()) >= 10  # drafts were taken, the answer the same
 
 
 def test_prediction_is_drafted_and_counted(chat_model, client):
@@ -432,3 +435,65 @@ def test_playground_streams_and_colours_tokens_in_a_browser(chat_model, server, 
     assert "".join(t for t, _ in spans) == want
     assert any(c == "src-references" for _, c in spans) and any(c == "" for _, c in spans)
     assert "tokens 12" in stats and (tmp_path / "page.png").stat().st_size > 10_000
+
+
+def _serve(model_dir: str, port: int, *args: str):
+    import subprocess
+    import sys
+
+    cli = "import sys; from llmaccel.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", cli, "serve", "--model", model_dir, "--port", str(port), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while True:
+        assert proc.poll() is None, proc.stdout.read()
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        assert time.time() < deadline, "the server did not start"
+        time.sleep(0.2)
+
+
+def test_sigterm_mid_stream_and_sigkill_keep_the_store(chat_model, tmp_path):
+    """`llmaccel serve` as its own process: SIGTERM during a stream lets it end properly and the process
+    exit 0; SIGKILLed between stored answers, the restarted server's store holds every acknowledged one."""
+    import signal
+
+    store = str(tmp_path / "answers.sqlite3")
+    port = _free_port()
+    proc = _serve(chat_model.name, port, "--store", store)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        acked = []
+        for i in range(5):
+            body = {"messages": [{"role": "user", "content": f"t{20 + i} t21"}], "max_tokens": 8, "temperature": 0}
+            assert httpx.post(url + CHAT, json=body, timeout=60).status_code == 200
+            acked.append(f"t{20 + i} t21")
+        body = {"messages": [{"role": "user", "content": "t5 t6"}], "max_tokens": 400, "temperature": 0, "stream": True}
+        lines = []
+        with httpx.stream("POST", url + CHAT, json=body, timeout=60) as r:
+            for line in r.iter_lines():
+                lines.append(line)
+                if len(lines) == 6:
+                    proc.send_signal(signal.SIGTERM)
+        assert [l for l in lines if l][-1] == "data: [DONE]"  # the running stream was finished, not cut
+        assert any("finish_reason\":\"length" in l for l in lines)
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once it has shut down
+        wal = tmp_path / "answers.sqlite3-wal"
+        assert not wal.exists() or wal.stat().st_size == 0  # the store was closed: its log checkpointed
+        proc = _serve(chat_model.name, port, "--store", store)
+        for i in range(3):
+            body = {"messages": [{"role": "user", "content": f"t{40 + i} t41"}], "max_tokens": 8, "temperature": 0}
+            assert httpx.post(url + CHAT, json=body, timeout=60).status_code == 200
+            acked.append(f"t{40 + i} t41")
+        proc.kill()  # SIGKILL: no shutdown at all
+        proc.wait(timeout=30)
+        from llmaccel.server.store import Store
+
+        kept = {row["prompt"] for row in Store(store).export()}
+        assert set(acked) <= kept and "t5 t6" in kept
+    finally:
+        if proc.poll() is None:
+            proc.kill()
