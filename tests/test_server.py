@@ -497,3 +497,12 @@ def test_sigterm_mid_stream_and_sigkill_keep_the_store(chat_model, tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_completions_stream_equals_non_stream(chat_model, client):
+    kw = dict(model=chat_model.name, prompt="t5 t6 t7", max_tokens=12, temperature=0, stop=["t999"])
+    whole = client.completions.create(**kw)
+    chunks = list(client.completions.create(**kw, stream=True, stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == whole.choices[0].text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].usage.completion_tokens == 12

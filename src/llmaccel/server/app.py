@@ -337,7 +337,8 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         ticket = await start(request, ChatRequest, chat_job)
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if ticket.job.stream:
-            return StreamingResponse(_chat_stream(ticket, rid), media_type="text/event-stream")
+            head = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()), "model": lm.name}
+            return StreamingResponse(_stream(ticket, head, chat=True), media_type="text/event-stream")
         return await answer(request, ticket, rid, "chat.completion", lambda text, lps: {
             "message": {"role": "assistant", "content": text},
             "logprobs": chat_logprobs(lm, lps) if lps is not None else None})
@@ -347,7 +348,8 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         ticket = await start(request, CompletionRequest, completion_job)
         rid = f"cmpl-{uuid.uuid4().hex}"
         if ticket.job.stream:
-            return StreamingResponse(_completion_stream(ticket, rid), media_type="text/event-stream")
+            head = {"id": rid, "object": "text_completion", "created": int(time.time()), "model": lm.name}
+            return StreamingResponse(_stream(ticket, head, chat=False), media_type="text/event-stream")
         return await answer(request, ticket, rid, "text_completion", lambda text, lps: {
             "text": text, "logprobs": completion_logprobs(lm, lps) if lps is not None else None})
 
@@ -367,60 +369,34 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         finally:
             ticket.cancel()  # a no-op once done; stops the generation if the client left
 
-    async def _chat_stream(ticket: Ticket, rid: str) -> AsyncIterator[str]:
-        job, now = ticket.job, int(time.time())
-        head = {"id": rid, "object": "chat.completion.chunk", "created": now, "model": lm.name}
+    async def _stream(ticket: Ticket, head: dict, chat: bool) -> AsyncIterator[str]:
+        """A streamed answer as server-sent events: chat.completion.chunk or text_completion objects, the
+        last one with finish_reason and the llmaccel object, then usage if asked, then [DONE]."""
+        job = ticket.job
+        to_logprobs = chat_logprobs if chat else completion_logprobs
 
-        def chunk(delta: dict, finish=None, logprobs=None, **extra) -> str:
-            return sse({**head, "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+        def chunk(delta: str, finish=None, logprobs=None, **extra) -> str:
+            content = {"delta": {"content": delta} if delta else {}} if chat else {"text": delta}
+            return sse({**head, "choices": [{"index": 0, **content, "logprobs": logprobs, "finish_reason": finish}],
                         **extra})
 
         text = TextStream(lm.decode, job.stop)
-        yield chunk({"role": "assistant", "content": ""})
+        if chat:
+            yield sse({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                            "logprobs": None, "finish_reason": None}]})
         try:
             async for kind, value in _events(ticket):
                 if kind == "step":
                     pieces = source_pieces(text, value.new_tokens, value.sources)
                     delta = "".join(p for p, _ in pieces)
-                    lp = chat_logprobs(lm, value.logprobs) if job.logprobs is not None else None
+                    lp = to_logprobs(lm, value.logprobs) if job.logprobs is not None else None
                     if delta or lp:  # llmaccel.pieces: the delta by source (None: the model's own token)
-                        yield chunk({"content": delta} if delta else {}, logprobs=lp, llmaccel={"pieces": pieces})
+                        yield chunk(delta, logprobs=lp, llmaccel={"pieces": pieces})
                 else:
                     rest = text.finish()
                     if rest:
-                        yield chunk({"content": rest})
-                    final = {**head, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                                  "finish_reason": finish_reason(value.stop_reason)}],
-                             "llmaccel": stats(ticket, value)}
-                    yield sse(final)
-                    if job.include_usage:
-                        yield sse({**head, "choices": [], "usage": usage(value)})
-        except ApiError as exc:
-            yield sse(exc.body())
-        yield "data: [DONE]\n\n"
-
-    async def _completion_stream(ticket: Ticket, rid: str) -> AsyncIterator[str]:
-        job, now = ticket.job, int(time.time())
-        head = {"id": rid, "object": "text_completion", "created": now, "model": lm.name}
-
-        def chunk(text_delta: str, finish=None, logprobs=None) -> str:
-            return sse({**head, "choices": [{"index": 0, "text": text_delta, "logprobs": logprobs,
-                                             "finish_reason": finish}]})
-
-        text = TextStream(lm.decode, job.stop)
-        try:
-            async for kind, value in _events(ticket):
-                if kind == "step":
-                    delta = text.push(value.new_tokens)
-                    lp = completion_logprobs(lm, value.logprobs) if job.logprobs is not None else None
-                    if delta or lp:
-                        yield chunk(delta, logprobs=lp)
-                else:
-                    rest = text.finish()
-                    final = {**head, "choices": [{"index": 0, "text": rest, "logprobs": None,
-                                                  "finish_reason": finish_reason(value.stop_reason)}],
-                             "llmaccel": stats(ticket, value)}
-                    yield sse(final)
+                        yield chunk(rest)
+                    yield chunk("", finish=finish_reason(value.stop_reason), llmaccel=stats(ticket, value))
                     if job.include_usage:
                         yield sse({**head, "choices": [], "usage": usage(value)})
         except ApiError as exc:
