@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
+import threading
 from pathlib import Path
 
 from llmaccel.cli.options import UserError, add_device, add_model, device, read_text
@@ -145,13 +147,24 @@ def cmd_serve(args) -> int:
         raise UserError(f"--prompt-cache-mb must be 0 (off) or more, got {args.prompt_cache_mb}")
     prompt_cache = llmaccel.PromptCache(args.prompt_cache_mb << 20) if args.prompt_cache_mb else None
     config = ServerConfig(api_keys=keys, max_queue=args.max_queue, store=store, store_top_k=args.store_top_k,
-                          prompt_cache=prompt_cache,
+                          prompt_cache=prompt_cache, worker_thread=False,
                           limits=Limits(max_tokens=args.max_tokens, time_limit_s=args.time_limit))
     print(f"llmaccel: serving {lm.name} on http://{args.host}:{args.port}/v1"
           f" ({'API key required' if keys else 'no API key'};"
           f" {'no answer store' if store is None else 'answer store ' + str(store.path)})", flush=True)
-    uvicorn.run(create_app(lm, config), host=args.host, port=args.port, log_level="warning",
-                timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5)
+    app = create_app(lm, config)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=int(config.shutdown_grace_s) + 5))
+    # HTTP on a second thread, the model's steps on this one (the thread that loaded it: worker.run says
+    # why); SIGTERM and Ctrl-C ask the server to shut down gracefully, which then stops the worker.
+    http = threading.Thread(target=server.run, name="llmaccel-http", daemon=True)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: setattr(server, "should_exit", True))
+    http.start()
+    app.state.worker.run(until=http.is_alive)
+    http.join(timeout=config.shutdown_grace_s + 10)
+    if not server.started:
+        raise UserError(f"could not listen on {args.host}:{args.port} (is the port in use?)")
     return 0
 
 

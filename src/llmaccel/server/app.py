@@ -51,6 +51,7 @@ class ServerConfig:
     store: Store | None = None  # past answers to draft from (closed with the app); None: none
     store_top_k: int = 3  # past answers drafted from per request
     prompt_cache: PromptCache | None = None  # recent sequences' KV entries; None: every prompt prefilled in full
+    worker_thread: bool = True  # False: the caller runs app.state.worker.run() (serve: on the loading thread)
 
 
 class _Hooks:
@@ -203,7 +204,8 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        worker.start()
+        if config.worker_thread:
+            worker.start()
         yield
         await run_in_threadpool(worker.stop, config.shutdown_grace_s)
         if config.store is not None:
