@@ -34,7 +34,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from llmaccel.bench.data import LLMA_DIR, DataError, user_message
+from llmaccel.bench.data import LLMA_DIR, DataError, Sample, load_rows, user_message
 
 SCENARIOS = ("rag", "predict", "cache", "multiturn", "overhead")
 REWORDINGS = Path(__file__).parent / "scenarios" / "rag_rewordings.jsonl"
@@ -57,18 +57,9 @@ class Call:
     stats: dict = field(default_factory=dict)
 
 
-def _rag_rows(limit: int, offset: int = 0) -> list[dict]:
-    path = LLMA_DIR / "rag.dev.jsonl"
-    try:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    except OSError as exc:
-        raise DataError(f"cannot read {path}: {exc.strerror}") from None
-    return rows[offset : offset + limit]
-
-
-def _docs(row: dict) -> list[str]:
-    docs = row["docs"] if isinstance(row["docs"], list) else [row["docs"]]
-    return [d if isinstance(d, str) else d.get("text", "") for d in docs]
+def _rag_rows(limit: int) -> list[Sample]:
+    """rag.dev's first rows: the question with its documents (`user_message`), the documents (`references`)."""
+    return load_rows(LLMA_DIR / "rag.dev.jsonl", limit)
 
 
 def _humaneval(limit: int) -> list[dict]:
@@ -123,9 +114,8 @@ def _pair(client: Client, scenario: str, row: int, messages, max_tokens: int, ac
 
 def run_rag(client: Client, limit: int, max_tokens: int, calls: list[Call]) -> None:
     for i, row in enumerate(_rag_rows(limit)):
-        docs = _docs(row)
-        messages = [{"role": "user", "content": user_message(row["query"], docs)}]
-        _pair(client, "rag", i, messages, max_tokens, {"references": docs}, calls)
+        messages = [{"role": "user", "content": row.user_message}]
+        _pair(client, "rag", i, messages, max_tokens, {"references": list(row.references)}, calls)
 
 
 def run_predict(client: Client, limit: int, max_tokens: int, calls: list[Call]) -> None:
@@ -142,18 +132,17 @@ def run_cache(client: Client, limit: int, max_tokens: int, calls: list[Call]) ->
     rewordings = {r["row"]: r["reworded"] for r in map(json.loads, REWORDINGS.read_text().splitlines())}
     for i, row in enumerate(rows):  # fill: the original queries, answers stored
         if i in rewordings:
-            messages = [{"role": "user", "content": user_message(row["query"], _docs(row))}]
+            messages = [{"role": "user", "content": row.user_message}]
             client.chat(Call("cache-fill", i, "fill"), messages, max_tokens, "greedy", store=True)
     for i, row in enumerate(rows):
         if i in rewordings:
-            messages = [{"role": "user", "content": user_message(rewordings[i], _docs(row))}]
+            messages = [{"role": "user", "content": user_message(rewordings[i], list(row.references))}]
             _pair(client, "cache", i, messages, max_tokens, {}, calls)
 
 
 def run_multiturn(client: Client, limit: int, max_tokens: int, calls: list[Call]) -> None:
     for i, row in enumerate(_rag_rows(limit)):
-        docs = _docs(row)
-        convo = [{"role": "user", "content": user_message(row["query"], docs)}]
+        convo = [{"role": "user", "content": row.user_message}]
         first = client.chat(Call("multiturn-first", i, "first"), convo, max_tokens, "auto", cache_prompt=True)
         convo += [{"role": "assistant", "content": first.text},
                   {"role": "user", "content": REVISIONS[i % len(REVISIONS)]}]
@@ -165,7 +154,7 @@ def run_overhead(client: Client, lm, limit: int, max_tokens: int, calls: list[Ca
     import llmaccel
 
     for i, row in enumerate(_rag_rows(limit)):
-        messages = [{"role": "user", "content": user_message(row["query"], _docs(row))}]
+        messages = [{"role": "user", "content": row.user_message}]
         order = ("http", "direct") if i % 2 == 0 else ("direct", "http")
         for label in order:
             if label == "http":

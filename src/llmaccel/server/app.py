@@ -34,7 +34,7 @@ from llmaccel.server.metrics import Metrics
 from llmaccel.server.protocol import (PREDICTION, STORE, ApiError, ChatRequest, CompletionRequest, Limits, chat_job,
                                       completion_job, parse_body)
 from llmaccel.server.store import Store, scope_of_key
-from llmaccel.server.text import TextStream
+from llmaccel.server.text import TextStream, answer_text
 from llmaccel.server.worker import Ticket, Worker
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,9 @@ class _Hooks:
         self.metrics.record(ticket, result, ticket.prefill_saved_s)
         job = ticket.job
         if self.store is not None and job.store and result.stop_reason not in (None, "cancelled", "time"):
-            text = TextStream(self.lm.decode, job.stop)
-            text.push(result.token_ids)
             try:
-                self.store.add(job.prompt_text, text.text, ticket.scope, self.lm.name)
+                self.store.add(job.prompt_text, answer_text(self.lm.decode, job.stop, result.token_ids), ticket.scope,
+                               self.lm.name)
             except sqlite3.Error as exc:
                 log.warning("answer store write failed: %s", exc)
 
@@ -308,16 +307,16 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
         return ticket
 
     async def collect(request: Request, ticket: Ticket):
+        """A non-streamed job's logprobs and result."""
         watcher = asyncio.create_task(_watch_disconnect(request, ticket))
-        steps, lps = [], []
+        lps = []
         try:
             while True:
                 kind, value = await ticket.next()
                 if kind == "step":
-                    steps.append(value)
                     lps += value.logprobs or []
                 elif kind == "done":
-                    return steps, lps, value
+                    return lps, value
                 elif kind == "error":
                     raise value
         finally:
@@ -326,11 +325,10 @@ def create_app(lm, config: ServerConfig | None = None) -> FastAPI:
     async def answer(request: Request, ticket: Ticket, rid: str, obj: str, choice) -> dict:
         """The whole answer of a non-streamed request; `choice(text, logprobs)` makes the choice's
         content fields (chat's message, completions' text)."""
-        steps, lps, result = await collect(request, ticket)
-        text = TextStream(lm.decode, ticket.job.stop)
-        text.push(result.token_ids)
+        lps, result = await collect(request, ticket)
+        text = answer_text(lm.decode, ticket.job.stop, result.token_ids)
         return {"id": rid, "object": obj, "created": int(time.time()), "model": lm.name,
-                "choices": [{"index": 0, **choice(text.text, lps if ticket.job.logprobs is not None else None),
+                "choices": [{"index": 0, **choice(text, lps if ticket.job.logprobs is not None else None),
                              "finish_reason": finish_reason(result.stop_reason)}],
                 "usage": usage(result), "llmaccel": stats(ticket, result)}
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 __all__ = ["Metrics"]
@@ -55,6 +57,7 @@ class Metrics:
             self.ttft.observe(ticket.first_token - ticket.enqueued)
         if len(result.token_ids) > 1:
             self.tpot.observe(result.decode_s / (len(result.token_ids) - 1))
+        self.e2e.observe(time.perf_counter() - ticket.enqueued)
 
     def text(self) -> bytes:
         return generate_latest(self.registry)

@@ -197,7 +197,7 @@ class Job:
     prompt_text: str = ""  # what the store keys the answer by (the last user message, or the prompt)
 
 
-def _check_common(req: _Common, served: str, limits: Limits, context: int) -> dict:
+def _check_common(req: _Common, served: str, limits: Limits, prediction: str = "") -> dict:
     if req.model is not None and req.model not in (served, ""):
         raise ApiError(404, f"the model {req.model!r} does not exist; this server serves {served!r}",
                        param="model", code="model_not_found")
@@ -211,9 +211,17 @@ def _check_common(req: _Common, served: str, limits: Limits, context: int) -> di
         raise ApiError(400, f"stop holds {len(stop)} strings; at most {limits.max_stop}", param="stop")
     stop = [s for s in stop if s]
     refs = list(req.references or [])
-    if sum(len(r.encode()) for r in refs) > limits.max_reference_bytes:
-        raise ApiError(400, f"the references exceed {limits.max_reference_bytes:,} bytes", param="references")
+    if len(prediction.encode()) + sum(len(r.encode()) for r in refs) > limits.max_reference_bytes:
+        raise ApiError(400, f"the references and prediction exceed {limits.max_reference_bytes:,} bytes",
+                       param="references" if refs else "prediction")
     return {"method": method, "stop": stop, "references": refs}
+
+
+def _check_length(ids: list[int], lm, param: str) -> list[int]:
+    if len(ids) >= lm.max_context:
+        raise ApiError(400, f"the prompt has {len(ids)} tokens but the model's context is {lm.max_context}; shorten it",
+                       param=param, code="context_length_exceeded")
+    return ids
 
 
 def sampling_of(req: _Common, logit_bias_vocab: int):
@@ -279,7 +287,8 @@ def chat_job(req: ChatRequest, lm, limits: Limits) -> Job:
     """A chat request -> its Job: the conversation through the model's chat template; the prediction,
     the request's references and the conversation's earlier turns (assistant answers first) as
     references, each under its own source label."""
-    common = _check_common(req, lm.name, limits, lm.max_context)
+    prediction = text_of(req.prediction.content) if req.prediction is not None else ""
+    common = _check_common(req, lm.name, limits, prediction)
     for name in UNSUPPORTED:
         if getattr(req, name) is not None:
             raise ApiError(400, f"{name} is not supported by this server", param=name)
@@ -299,15 +308,11 @@ def chat_job(req: ChatRequest, lm, limits: Limits) -> Job:
                     for m in req.messages]
     if not any(m["content"].strip() for m in conversation):
         raise ApiError(400, "the messages are all empty", param="messages")
-    prediction = text_of(req.prediction.content) if req.prediction is not None else ""
-    if len(prediction.encode()) + sum(len(r.encode()) for r in common["references"]) > limits.max_reference_bytes:
-        raise ApiError(400, f"the prediction and references exceed {limits.max_reference_bytes:,} bytes",
-                       param="prediction")
     earlier = conversation[:-1]
     turns = [m["content"] for m in reversed(earlier) if m["role"] == "assistant"]
     turns += [m["content"] for m in reversed(earlier) if m["role"] != "assistant"]
     try:
-        prompt_ids = lm.chat_prompt(conversation)
+        prompt_ids = _check_length(lm.chat_prompt(conversation), lm, "messages")
     except GenerationError as exc:
         raise ApiError(400, str(exc)) from None
     except Exception as exc:  # a template that fails on this conversation (e.g. role order rules)
@@ -323,7 +328,7 @@ def chat_job(req: ChatRequest, lm, limits: Limits) -> Job:
 
 def completion_job(req: CompletionRequest, lm, limits: Limits) -> Job:
     """A completions request -> its Job (one prompt: text or token ids)."""
-    common = _check_common(req, lm.name, limits, lm.max_context)
+    common = _check_common(req, lm.name, limits)
     if req.echo:
         raise ApiError(400, "echo is not supported by this server", param="echo")
     if req.suffix:
@@ -349,6 +354,7 @@ def completion_job(req: CompletionRequest, lm, limits: Limits) -> Job:
             raise ApiError(400, f"the prompt holds token ids outside the vocabulary (0..{lm.vocab_size - 1}): {bad[:5]}",
                            param="prompt")
         text = lm.decode(ids)
+    _check_length(ids, lm, "prompt")
     refs, sources = _references(lm, [(REFERENCES, common["references"])])
     return Job(prompt_ids=ids, references=refs, reference_sources=sources, method=common["method"],
                max_tokens=_max_tokens(req, limits), stop=common["stop"], sampling=sampling_of(req, lm.vocab_size),

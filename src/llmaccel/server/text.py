@@ -41,13 +41,18 @@ class TextStream:
 
     def finish(self) -> str:
         """The rest of the text (the generation is over)."""
-        if self.stopped and self.sent >= len(self.text):
-            return ""
         text = self.text
-        delta, self.sent = text[self.sent:], len(text)
+        delta, self.sent = text[self.sent:], max(self.sent, len(text))
         return delta
 
     @property
     def text(self) -> str:
         """The whole answer so far, cut at the first stop string."""
         return self._cut(self.decode(self.ids))
+
+
+def answer_text(decode: Callable[[list[int]], str], stop: Sequence[str], ids: Sequence[int]) -> str:
+    """A finished answer's text: `ids` decoded, cut before the first stop string."""
+    text = TextStream(decode, stop)
+    text.ids = list(ids)
+    return text.text

@@ -150,12 +150,6 @@ class Worker:
         job = ticket.job
         if self.hooks is not None:
             self.hooks.before(ticket)
-        if len(job.prompt_ids) >= self.lm.max_context:
-            raise_ = ApiError(400, f"the prompt has {len(job.prompt_ids)} tokens but the model's context is "
-                                   f"{self.lm.max_context}; shorten it", param="messages" if job.chat else "prompt",
-                              code="context_length_exceeded")
-            ticket.put("error", raise_)
-            return
         try:
             decoder = Decoder(self.lm, job.prompt_ids, method=job.method, references=job.references,
                               reference_sources=job.reference_sources, max_new_tokens=job.max_tokens,
